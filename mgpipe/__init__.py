@@ -1,0 +1,2 @@
+"""mgpipe: micro-gesture recognition pipeline."""
+__version__ = "0.1.0"

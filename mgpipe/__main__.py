@@ -1,0 +1,58 @@
+"""mgpipe command line: `python -m mgpipe --help` (or the `mgpipe` entry point).
+
+The pipeline itself runs through DVC (`dvc repro`); these commands run single pieces by
+hand, with the same code the stages use.
+"""
+from __future__ import annotations
+
+import argparse
+import runpy
+import sys
+from pathlib import Path
+
+# command -> (stage script under stages/, one-line help)
+STAGE_COMMANDS = {
+    "synth": ("synth.py", "generate the embedded synthetic micro-gesture dataset"),
+    "prepare": ("prepare.py", "dataset -> manifest, classes, hidden test labels (by subject)"),
+    "keypoints": ("keypoints.py", "extract 68-point keypoints (MediaPipe Holistic or provided)"),
+    "crop": ("crop.py", "saliency-guided RGB crops into data/processed/rgb.h5"),
+    "heatmaps": ("heatmaps.py", "PoseC3D-style heatmap volumes into data/processed/heatmaps.h5"),
+    "train": ("train.py", "train one branch (stcnn, posec3d, r2plus1d, swin3d)"),
+    "cmpl": ("cmpl.py", "cross-modal pseudo-labelling rounds on the test subjects"),
+    "fuse": ("fuse.py", "temperature-scaled fusion and the metrics"),
+}
+
+
+def _stages_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "stages"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    available = {k: v for k, v in STAGE_COMMANDS.items() if (_stages_dir() / v[0]).is_file()}
+    epilog = "pipeline:\n  dvc repro                      run every stage, cached\n" \
+             "  dvc exp run -S cmpl.rounds=2   an experiment that reruns only what changed\n" \
+             "  dvc metrics diff               compare F1 with the last commit\n\n" \
+             "Each command takes --help. Run from the project root (where params.yaml is)."
+    ap = argparse.ArgumentParser(prog="mgpipe", description="mgpipe: micro-gesture recognition pipeline (arXiv 2606.13030), stage by stage.",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=epilog)
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, text) in available.items():
+        sub.add_parser(name, help=text, add_help=False)
+    if not argv or argv[0] in ("-h", "--help"):
+        ap.print_help()
+        return 0
+    if argv[0] not in available:
+        ap.error(f"unknown command {argv[0]!r}; choose from {', '.join(available)}")
+    script = _stages_dir() / available[argv[0]][0]
+    sys.argv = [f"mgpipe {argv[0]}"] + argv[1:]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as e:
+        return int(e.code or 0) if not isinstance(e.code, str) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

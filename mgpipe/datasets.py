@@ -1,0 +1,347 @@
+"""Dataset adapters: each turns a dataset on disk into one table of clips plus, where the
+dataset brings them, keypoints in the 68 layout (SPEC section 5).
+
+An adapter returns a :class:`RawDataset`; :func:`mgpipe.manifest.build_manifest` then checks
+it, probes the videos, splits it by subject and writes the manifest. Switching dataset is a
+params change (``dataset.name`` and its block), not a code change.
+
+Table columns every adapter fills: clip_id, subject, label (class name, "" when unknown),
+video (absolute path, "" when the dataset has no video), start_frame, end_frame (frame range
+of the clip in the video, end exclusive; -1 = to the end), split (the dataset's own protocol,
+"" when it has none), origin (file and row, for error messages), problem ("" or why the clip
+is unusable, found while reading).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from mgpipe import layout
+
+TABLE_COLUMNS = ["clip_id", "subject", "label", "video", "start_frame", "end_frame", "split",
+                 "origin", "problem"]
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be read; the message names the file (and row) and the fix."""
+
+
+@dataclass
+class RawDataset:
+    name: str
+    classes: list[str]
+    table: pd.DataFrame
+    # clip_id -> keypoints float32 [T, 68, 3] in source pixels; None when the dataset has none.
+    keypoints: Callable[[str], np.ndarray] | None = None
+    # Frame size and rate of skeleton-only datasets (no video to probe).
+    frame_size: tuple[int, int] | None = None
+    fps: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _table(rows: list[dict]) -> pd.DataFrame:
+    t = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    for c in ("start_frame", "end_frame"):
+        t[c] = t[c].fillna(-1).astype(int) if len(t) else t[c].astype(int)
+    for c in ("clip_id", "subject", "label", "video", "split", "origin", "problem"):
+        t[c] = t[c].fillna("").astype(str)
+    return t
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+# ---- synth ---------------------------------------------------------------------------------
+
+def load_synth(root: str | Path) -> RawDataset:
+    """The embedded synthetic dataset written by the ``synth`` stage (``labels.csv``,
+    ``classes.json``, ``videos/``, ``keypoints/<clip_id>.npy``)."""
+    root = Path(root)
+    labels = root / "labels.csv"
+    if not labels.is_file():
+        raise DatasetError(f"{labels}: not found; run `dvc repro synth` to generate the "
+                           f"synthetic dataset, or set dataset.synth.root")
+    t = pd.read_csv(labels, dtype=str, keep_default_na=False)
+    classes = json.loads((root / "classes.json").read_text())
+    rows = [dict(clip_id=r.clip_id, subject=r.subject, label=r.label,
+                 video=str((root / r.video).resolve()), start_frame=0, end_frame=-1,
+                 split=r.split, origin=f"{labels}:{i + 2}", problem="")
+            for i, r in enumerate(t.itertuples())]
+
+    def keypoints(clip_id: str) -> np.ndarray:
+        return np.load(root / "keypoints" / f"{clip_id}.npy")
+
+    return RawDataset("synth", classes, _table(rows), keypoints)
+
+
+# ---- generic CSV ---------------------------------------------------------------------------
+
+def load_csv(path: str | Path, root: str | Path | None = None,
+             columns: dict | None = None, classes: list[str] | None = None) -> RawDataset:
+    """A CSV of clips: video path, subject, label, optional split (and optional clip_id,
+    start_frame, end_frame). Relative video paths resolve against the CSV's folder and must
+    stay inside ``root`` (default: the CSV's folder). ``columns`` renames our column names to
+    the CSV's (e.g. ``{"video": "path", "label": "class"}``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: dataset CSV not found; set dataset.csv.path")
+    cols = {"video": "video", "subject": "subject", "label": "label", "split": "split",
+            "clip_id": "clip_id", "start_frame": "start_frame", "end_frame": "end_frame"}
+    cols.update(columns or {})
+    try:
+        t = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as e:  # pandas raises many types for a malformed file
+        raise DatasetError(f"{path}: cannot parse as CSV ({e})") from e
+    missing = [cols[c] for c in ("video", "subject", "label") if cols[c] not in t.columns]
+    if missing:
+        raise DatasetError(f"{path}: missing column(s) {missing}; the CSV has {list(t.columns)}. "
+                           f"Add them, or map names with dataset.csv.columns "
+                           f"(e.g. {{video: path}})")
+    base = path.parent
+    root = Path(root) if root else base
+    rows = []
+    for i, r in enumerate(t.to_dict("records")):
+        origin = f"{path}:{i + 2}"
+        rel = r[cols["video"]].strip()
+        video = (base / rel) if not Path(rel).is_absolute() else Path(rel)
+        problem = ""
+        if not rel:
+            problem = "empty video path"
+        elif not _inside(video, root):
+            problem = (f"video path {rel!r} escapes the dataset root {root}; "
+                       f"keep videos under the root or set dataset.csv.root")
+        clip_id = r.get(cols["clip_id"], "") or Path(rel).stem
+        start = r.get(cols["start_frame"], "") or 0
+        end = r.get(cols["end_frame"], "") or -1
+        rows.append(dict(clip_id=clip_id, subject=r[cols["subject"]].strip(),
+                         label=r[cols["label"]].strip(), video=str(video.resolve()),
+                         start_frame=int(start), end_frame=int(end),
+                         split=r.get(cols["split"], "").strip().lower(), origin=origin,
+                         problem=problem))
+    table = _table(rows)
+    if not classes:
+        classes = sorted(set(table["label"]) - {""})
+    return RawDataset("csv", list(classes), table)
+
+
+# ---- UTD-MHAD (Kinect v1 skeletons, no video) ----------------------------------------------
+
+UTD_MHAD_ACTIONS = [
+    "swipe_left", "swipe_right", "wave", "clap", "throw", "arm_cross", "basketball_shoot",
+    "draw_x", "draw_circle_cw", "draw_circle_ccw", "draw_triangle", "bowling", "boxing",
+    "baseball_swing", "tennis_swing", "arm_curl", "tennis_serve", "push", "knock", "catch",
+    "pickup_throw", "jog", "walk", "sit_to_stand", "stand_to_sit", "lunge", "squat",
+]
+UTD_MHAD_TRAIN = ["s1", "s3", "s5", "s7"]
+UTD_MHAD_TEST = ["s2", "s4", "s6", "s8"]
+_UTD_NAME = re.compile(r"^a(\d+)_s(\d+)_t(\d+)_skeleton\.mat$")
+
+
+def project_kinect(joints: np.ndarray, width: int = 640, height: int = 480,
+                   focal: float = 525.0) -> np.ndarray:
+    """Project Kinect camera-space joints [T, J, 3] (metres; x to the sensor's left, y up,
+    z away from the sensor) into a virtual pinhole camera: pixels [T, J, 2].
+
+    The subject's left lands on the image right, as in an unmirrored camera frame."""
+    x, y, z = joints[..., 0], joints[..., 1], np.maximum(joints[..., 2], 1e-3)
+    u = width / 2 - focal * x / z
+    v = height / 2 - focal * y / z
+    return np.stack([u, v], -1).astype(np.float32)
+
+
+def utd_mhad_keypoints(mat_path: str | Path, width: int = 640, height: int = 480,
+                       focal: float = 525.0) -> np.ndarray:
+    """One UTD-MHAD skeleton file -> keypoints [T, 68, 3] in the 68 layout (score 1 where
+    mapped and inside the frame, else 0)."""
+    from scipy.io import loadmat
+
+    skel = loadmat(str(mat_path))["d_skel"].astype(np.float32)  # [20, 3, T]
+    joints = skel.transpose(2, 0, 1)                              # [T, 20, 3]
+    uv = project_kinect(joints, width, height, focal)
+    inside = (uv[..., 0] >= 0) & (uv[..., 0] < width) & (uv[..., 1] >= 0) & (uv[..., 1] < height)
+    src = np.concatenate([uv, inside[..., None].astype(np.float32)], -1)
+    kp = layout.map_keypoints(src, layout.FROM_KINECT20)
+    kp[..., :2] *= kp[..., 2:3] > 0
+    return kp
+
+
+def load_utd_mhad(root: str | Path, width: int = 640, height: int = 480,
+                  focal: float = 525.0, fps: float = 30.0,
+                  val_subjects: list | tuple = ()) -> RawDataset:
+    """UTD-MHAD skeletons (``a{action}_s{subject}_t{trial}_skeleton.mat``), standard
+    cross-subject protocol (subjects 1,3,5,7 train; 2,4,6,8 test); ``val_subjects`` (e.g.
+    ["s7"]) are taken from train for validation."""
+    val_subjects = [str(s) for s in val_subjects]
+    bad = [s for s in val_subjects if s not in UTD_MHAD_TRAIN]
+    if bad:
+        raise DatasetError(f"dataset.utd_mhad.val_subjects: {bad} are not training subjects "
+                           f"{UTD_MHAD_TRAIN}; validation subjects come from train")
+    root = Path(root)
+    files = sorted(root.glob("a*_s*_t*_skeleton.mat"))
+    if not files:
+        raise DatasetError(f"{root}: no a*_s*_t*_skeleton.mat files; set dataset.utd_mhad.root "
+                           f"to the UTD-MHAD skeleton folder")
+    rows = []
+    for f in files:
+        m = _UTD_NAME.match(f.name)
+        if not m:
+            continue
+        a, s, tr = map(int, m.groups())
+        subject = f"s{s}"
+        label = UTD_MHAD_ACTIONS[a - 1] if 1 <= a <= len(UTD_MHAD_ACTIONS) else f"a{a}"
+        split = ("val" if subject in val_subjects else "train" if subject in UTD_MHAD_TRAIN
+                 else "test" if subject in UTD_MHAD_TEST else "")
+        rows.append(dict(clip_id=f"a{a:02d}_s{s}_t{tr}", subject=subject, label=label, video="",
+                         start_frame=0, end_frame=-1, split=split, origin=str(f), problem=""))
+    by_id = {r["clip_id"]: Path(r["origin"]) for r in rows}
+
+    def keypoints(clip_id: str) -> np.ndarray:
+        return utd_mhad_keypoints(by_id[clip_id], width, height, focal)
+
+    return RawDataset("utd_mhad", list(UTD_MHAD_ACTIONS), _table(rows), keypoints,
+                      frame_size=(width, height), fps=fps)
+
+
+# ---- iMiGUE (challenge release) ------------------------------------------------------------
+
+IMIGUE_DEFAULTS = {
+    "openpose": "{id}/{id}_openpose.xlsx",   # per frame: 137 x (x, y, confidence)
+    "labels": "{id}/{id}_label.csv",          # one row per clip of the long video
+    "video": "{id}/{id}.mp4",                 # optional: "" or a missing file = skeleton only
+    "frame_column": None,                     # xlsx column holding the frame number, if any
+    "label_columns": {"label": "label", "start": "start_frame", "end": "end_frame"},
+    "end_inclusive": True,
+    "first_frame": 0,                         # 1 when the label csv counts frames from 1
+    "lists": {"train": "train_list.txt", "val": "val_list.txt", "test": "test_list.txt"},
+    "subject_regex": r"^(.*)$",               # subject = group 1 of this, applied to the video id
+    "frame_size": [1280, 720],
+    "fps": 25.0,
+    "classes": None,                          # list of class names; default: sorted labels
+}
+
+
+def _read_list(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def read_openpose_xlsx(path: str | Path, frame_column: str | None = None) -> np.ndarray:
+    """An iMiGUE ``<id>_openpose.xlsx``: one row per frame, 137 keypoints as x, y, confidence
+    (411 numeric columns, optionally after a frame-number column) -> float32 [F, 137, 3]."""
+    path = Path(path)
+    try:
+        sheet = pd.read_excel(path, engine="openpyxl")
+    except Exception as e:
+        raise DatasetError(f"{path}: cannot read the OpenPose sheet ({e})") from e
+    if frame_column:
+        if frame_column not in sheet.columns:
+            raise DatasetError(f"{path}: no column {frame_column!r} (dataset.imigue.frame_column); "
+                               f"columns start with {list(sheet.columns[:5])}")
+        sheet = sheet.sort_values(frame_column).drop(columns=[frame_column])
+    values = sheet.select_dtypes("number").to_numpy(np.float32)
+    if values.shape[1] != 137 * 3:
+        raise DatasetError(f"{path}: expected 411 numeric columns (137 keypoints x, y, c), "
+                           f"found {values.shape[1]}; set dataset.imigue.frame_column if the "
+                           f"first column is a frame number")
+    return values.reshape(len(values), 137, 3)
+
+
+def load_imigue(root: str | Path, **options) -> RawDataset:  # noqa: C901 (one reader)
+    """iMiGUE challenge layout: one folder per long video with ``<id>_openpose.xlsx`` and
+    ``<id>_label.csv``; clip lists for train/val/test name video ids or clip ids
+    (``<id>_<n>``, n = the label row, from 0). Each clip is a frame range of its long video.
+    File names and column names are configurable (see ``IMIGUE_DEFAULTS``)."""
+    o = {**IMIGUE_DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+    lc = {**IMIGUE_DEFAULTS["label_columns"], **(o["label_columns"] or {})}
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: iMiGUE root not found; set dataset.imigue.root")
+    video_ids = sorted(p.name for p in root.iterdir()
+                       if p.is_dir() and (root / o["labels"].format(id=p.name)).is_file())
+    if not video_ids:
+        raise DatasetError(f"{root}: no video folder with a {o['labels']} file; check "
+                           f"dataset.imigue.root and dataset.imigue.labels")
+    split_of: dict[str, str] = {}
+    for split, name in (o["lists"] or {}).items():
+        for item in _read_list(root / name):
+            if item in split_of and split_of[item] != split:
+                raise DatasetError(f"{root / name}: {item!r} is listed in both "
+                                   f"{split_of[item]} and {split}; fix the clip lists")
+            split_of[item] = split
+    subject_re = re.compile(o["subject_regex"])
+    rows = []
+    for vid in video_ids:
+        labels_path = root / o["labels"].format(id=vid)
+        t = pd.read_csv(labels_path, dtype=str, keep_default_na=False)
+        missing = [c for c in lc.values() if c not in t.columns]
+        if missing:
+            raise DatasetError(f"{labels_path}: missing column(s) {missing}; the file has "
+                               f"{list(t.columns)}. Set dataset.imigue.label_columns")
+        m = subject_re.match(vid)
+        subject = m.group(1) if m and m.groups() else vid
+        video = root / o["video"].format(id=vid) if o["video"] else None
+        for n, r in enumerate(t.to_dict("records")):
+            clip_id = f"{vid}_{n}"
+            start = int(r[lc["start"]]) - o["first_frame"]
+            end = int(r[lc["end"]]) - o["first_frame"] + (1 if o["end_inclusive"] else 0)
+            problem = "" if 0 <= start < end else f"bad frame range {r[lc['start']]}..{r[lc['end']]}"
+            rows.append(dict(clip_id=clip_id, subject=subject, label=str(r[lc["label"]]).strip(),
+                             video=str(video.resolve()) if video is not None and video.is_file() else "",
+                             start_frame=start, end_frame=end,
+                             split=split_of.get(clip_id, split_of.get(vid, "")),
+                             origin=f"{labels_path}:{n + 2}", problem=problem))
+    table = _table(rows)
+    classes = o["classes"] or sorted(set(table["label"]) - {""}, key=lambda s: (len(s), s))
+    sheets: dict[str, np.ndarray] = {}
+    ranges = {r.clip_id: (r.clip_id.rsplit("_", 1)[0], r.start_frame, r.end_frame)
+              for r in table.itertuples()}
+
+    def keypoints(clip_id: str) -> np.ndarray:
+        vid, start, end = ranges[clip_id]
+        if vid not in sheets:  # one long video's sheet serves all its clips
+            sheets.clear()
+            sheets[vid] = read_openpose_xlsx(root / o["openpose"].format(id=vid), o["frame_column"])
+        sheet = sheets[vid]
+        if end > len(sheet):
+            raise DatasetError(f"{root / o['openpose'].format(id=vid)}: clip {clip_id} needs "
+                               f"frames {start}..{end - 1} but the sheet has {len(sheet)} rows")
+        return layout.map_keypoints(sheet[start:end], layout.FROM_OPENPOSE137)
+
+    w, h = o["frame_size"]
+    return RawDataset("imigue", [str(c) for c in classes], table, keypoints,
+                      frame_size=(int(w), int(h)), fps=float(o["fps"]))
+
+
+def load_dataset(cfg: dict) -> RawDataset:
+    """The ``dataset`` params block -> RawDataset: ``cfg['name']`` picks the adapter,
+    ``cfg['root']`` is the dataset folder, ``cfg[name]`` holds the adapter's options."""
+    name, root = cfg.get("name"), cfg.get("root")
+    block = dict(cfg.get(name) or {})
+    if not root:
+        raise DatasetError("dataset.root is not set; point it at the dataset folder")
+    if name == "synth":
+        return load_synth(root)
+    if name == "csv":
+        return load_csv(Path(root) / block.get("file", "clips.csv"), root, block.get("columns"),
+                        block.get("classes"))
+    if name == "utd_mhad":
+        cam = block.get("camera", {})
+        return load_utd_mhad(root, cam.get("width", 640), cam.get("height", 480),
+                             cam.get("focal", 525.0), block.get("fps", 30.0),
+                             block.get("val_subjects", []))
+    if name == "imigue":
+        return load_imigue(root, **block)
+    raise DatasetError(f"dataset.name: unknown dataset {name!r}; "
+                       f"use one of synth, csv, utd_mhad, imigue")

@@ -1,0 +1,30 @@
+"""Shared fixtures. Real data lives in ../shared (beside the checkout); tests that need it
+skip with a clear reason when it is absent (a user's clone), and run in CI where it exists."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MGPIPE_SHARED", ROOT.parent / "shared"))
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"needs real data at {path} (the ../shared folder beside the checkout; "
+                    f"set MGPIPE_SHARED to point elsewhere)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_media() -> Path:
+    """Folder of real video clips of people (../shared/media)."""
+    return _need(SHARED / "media")
+
+
+@pytest.fixture(scope="session")
+def utd_mhad_root() -> Path:
+    """Folder of the real UTD-MHAD Kinect skeletons (../shared/datasets/utd-mhad-skeleton)."""
+    return _need(SHARED / "datasets" / "utd-mhad-skeleton")
