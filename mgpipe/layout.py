@@ -146,3 +146,11 @@ def fill_neck(kp: np.ndarray) -> np.ndarray:
     kp[..., NECK, :2] = np.where(score[..., None] > 0, (ls[..., :2] + rs[..., :2]) / 2, 0)
     kp[..., NECK, 2] = score
     return kp
+
+
+def flip_bone_index(bones: list[tuple[int, int]] | None = None) -> np.ndarray:
+    """Permutation [len(bones)] that relabels limb channels after a horizontal flip."""
+    bones = BONES if bones is None else bones
+    p = flip_index()
+    where = {frozenset(b): i for i, b in enumerate(bones)}
+    return np.array([where[frozenset((p[i], p[j]))] for i, j in bones], np.int64)

@@ -1,0 +1,531 @@
+"""Keypoint extraction: MediaPipe Holistic into the 68-keypoint layout, and the parallel,
+resumable engine that the `keypoints` stage runs over a manifest (SPEC sections 4, 5, 10).
+
+The engine (``run_extraction``) knows nothing about MediaPipe: it takes any top-level
+``extract_fn(clip) -> (kp [T, 68, 3] float32, info dict)``, so the ``provided`` backend reuses
+it with a cheap function. Output HDF5: one group per clip_id holding ``kp`` and attributes
+``source, fps, width, height, detector, detector_version, signature, frames`` (plus any other
+scalar ``info`` entries).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import cv2
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from .io import atomic_path
+from .layout import LEFT_HAND, NAMES, NUM_KEYPOINTS, RIGHT_HAND, fill_neck
+
+log = logging.getLogger(__name__)
+
+DETECTOR = "mediapipe-holistic"
+REQUIRED_ATTRS = ("source", "fps", "width", "height", "detector", "detector_version",
+                  "signature", "frames")
+# Two Holistic hands whose landmark boxes overlap this much are one physical hand seen twice
+# (on the make-up clip both hand ROIs lock onto the one visible hand: IoU is either < 0.4 or
+# > 0.65 there, and 0 on two real hands).
+HAND_DUPLICATE_IOU = 0.5
+
+
+_NAMES_ATTR = np.array(NAMES, dtype=h5py.string_dtype())
+
+
+class VideoError(RuntimeError):
+    """A video that cannot be opened or yields no frames in the requested range."""
+
+
+# ---- video reading ---------------------------------------------------------------------------
+
+def _frame_bound(value: Any) -> int | None:
+    """None for a missing bound (None, NaN, '', negative), else int."""
+    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+        return None
+    value = int(value)
+    return None if value < 0 else value
+
+
+@contextmanager
+def open_video(path: str | os.PathLike) -> Iterator[cv2.VideoCapture]:
+    """An opened ``cv2.VideoCapture``; raises FileNotFoundError / VideoError naming ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video not found: {path}")
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            raise VideoError(f"cannot open video {path} (empty, corrupt or no decoder)")
+        yield cap
+    finally:
+        cap.release()
+
+
+def iter_frames(cap: cv2.VideoCapture, start_frame: int = 0,
+                end_frame: int | None = None) -> Iterator[np.ndarray]:
+    """BGR frames [H, W, 3] uint8 with index in [start_frame, end_frame) (end exclusive).
+
+    Skips by decoding (``grab``), not by seeking: seeking is frame-inaccurate in many codecs.
+    """
+    for _ in range(start_frame):
+        if not cap.grab():
+            return
+    i = start_frame
+    while end_frame is None or i < end_frame:
+        ok, frame = cap.read()
+        if not ok:
+            return
+        yield frame
+        i += 1
+
+
+# ---- MediaPipe Holistic -> 68 layout ----------------------------------------------------------
+
+def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of the bounding boxes of two point sets [N, 2]."""
+    lo, hi = np.maximum(a.min(0), b.min(0)), np.minimum(a.max(0), b.max(0))
+    inter = float(np.prod(np.clip(hi - lo, 0, None)))
+    area = float(np.prod(a.max(0) - a.min(0)) + np.prod(b.max(0) - b.min(0)))
+    return inter / max(area - inter, 1e-9)
+
+
+def holistic_frame(pose: np.ndarray | None, left: np.ndarray | None, right: np.ndarray | None,
+                   width: int, height: int, *, dedupe_hands: bool = True,
+                   outside_margin: float = 0.02) -> tuple[np.ndarray, bool, bool]:
+    """One frame of Holistic output, in pixels, mapped into the layout.
+
+    pose: [25, 3] (x, y, visibility) of Pose's first 25 landmarks or None; left/right: [21, 2] (x, y) of the subject's
+    left/right hand or None. Returns (kp [68, 3] float32, left kept, right kept).
+    No pose: all zeros. A detected hand gets score 1 (Holistic exposes no hand score).
+    ``dedupe_hands``: when both hands are one physical hand (box IoU > HAND_DUPLICATE_IOU),
+    keep only the side whose pose wrist (15 left, 16 right) is nearer the hand's wrist.
+    ``outside_margin``: keypoints farther outside the frame than this fraction of its larger
+    side get score 0 (coordinates kept): Pose extrapolates the unseen body, e.g. elbows and
+    hips below the frame, often with a high visibility.
+    """
+    kp = np.zeros((NUM_KEYPOINTS, 3), np.float32)
+    if pose is None:
+        return kp, False, False
+    kp[:25] = pose[:25]
+    fill_neck(kp)  # from the raw shoulders: the neck is often in frame when a shoulder is not
+    if dedupe_hands and left is not None and right is not None and _box_iou(left, right) > HAND_DUPLICATE_IOU:
+        wrist = (left[0] + right[0]) / 2
+        if np.linalg.norm(wrist - pose[15, :2]) <= np.linalg.norm(wrist - pose[16, :2]):
+            right = None
+        else:
+            left = None
+    for first, hand in ((LEFT_HAND, left), (RIGHT_HAND, right)):
+        if hand is not None:
+            kp[first:first + 21, :2] = hand
+            kp[first:first + 21, 2] = 1.0
+    if outside_margin is not None:
+        m = outside_margin * max(width, height)
+        x, y = kp[:, 0], kp[:, 1]
+        kp[(x < -m) | (x > width + m) | (y < -m) | (y > height + m), 2] = 0.0
+    return kp, left is not None, right is not None
+
+
+def _landmarks(lms, width: int, height: int, n: int, score: bool) -> np.ndarray | None:
+    if lms is None:
+        return None
+    pts = lms.landmark[:n]
+    if score:
+        return np.array([(p.x * width, p.y * height, p.visibility) for p in pts], np.float32)
+    return np.array([(p.x * width, p.y * height) for p in pts], np.float32)
+
+
+def mediapipe_version() -> str:
+    """Installed mediapipe version, without importing it."""
+    from importlib.metadata import version
+    return version("mediapipe")
+
+
+def extract_mediapipe(video_path: str | os.PathLike, model_complexity: int = 1,
+                      start_frame: int = 0, end_frame: int | None = None,
+                      min_detection_confidence: float = 0.5,
+                      min_tracking_confidence: float = 0.5, *, dedupe_hands: bool = True,
+                      outside_margin: float = 0.02) -> tuple[np.ndarray, dict]:
+    """MediaPipe Holistic (video mode) over frames [start_frame, end_frame) of a video.
+
+    Returns kp float32 [T, 68, 3] (x, y in pixels of the source frame, score) and info:
+    source, frames, fps, width, height, detector, detector_version, model_complexity,
+    frames_with_pose, frames_with_left_hand, frames_with_right_hand. Holistic's
+    ``left_hand_landmarks`` is the subject's own left hand (it is cropped around the pose's
+    left wrist), so it goes to 26-46 unswapped. See ``holistic_frame`` for scores, duplicate
+    hands and out-of-frame points. Raises FileNotFoundError / VideoError naming the file.
+    """
+    import mediapipe  # heavy; only workers that run this backend pay for it
+
+    start = _frame_bound(start_frame) or 0
+    end = _frame_bound(end_frame)
+    frames: list[np.ndarray] = []
+    n_pose = n_left = n_right = 0
+    with open_video(video_path) as cap:
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        width = height = 0
+        with mediapipe.solutions.holistic.Holistic(
+                static_image_mode=False, model_complexity=model_complexity,
+                smooth_landmarks=True, enable_segmentation=False, refine_face_landmarks=False,
+                min_detection_confidence=min_detection_confidence,
+                min_tracking_confidence=min_tracking_confidence) as holistic:
+            for bgr in iter_frames(cap, start, end):
+                height, width = bgr.shape[:2]
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                rgb.flags.writeable = False  # lets MediaPipe wrap the buffer without a copy
+                res = holistic.process(rgb)
+                kp, has_l, has_r = holistic_frame(
+                    _landmarks(res.pose_landmarks, width, height, 25, True),
+                    _landmarks(res.left_hand_landmarks, width, height, 21, False),
+                    _landmarks(res.right_hand_landmarks, width, height, 21, False),
+                    width, height, dedupe_hands=dedupe_hands, outside_margin=outside_margin)
+                frames.append(kp)
+                n_pose += res.pose_landmarks is not None
+                n_left += has_l
+                n_right += has_r
+    if not frames:
+        raise VideoError(f"no frames in [{start}, {end if end is not None else 'end'}) "
+                         f"of video {video_path}")
+    info = dict(source=str(video_path), frames=len(frames), fps=fps, width=width,
+                height=height, detector=DETECTOR, detector_version=mediapipe.__version__,
+                model_complexity=int(model_complexity), frames_with_pose=n_pose,
+                frames_with_left_hand=n_left, frames_with_right_hand=n_right)
+    return np.stack(frames), info
+
+
+def extract_mediapipe_clip(clip: Mapping, **kwargs) -> tuple[np.ndarray, dict]:
+    """``extract_fn`` for the engine: ``extract_mediapipe`` on a clip row (video, start_frame,
+    end_frame). Top-level so process pools can pickle it; bind options with
+    ``functools.partial(extract_mediapipe_clip, model_complexity=2)``."""
+    return extract_mediapipe(clip["video"], start_frame=clip.get("start_frame", 0),
+                             end_frame=clip.get("end_frame"), **kwargs)
+
+
+def clip_signature(video: str | os.PathLike, start_frame: Any = 0, end_frame: Any = None,
+                   **params) -> str:
+    """A string that changes when the clip's source or the backend's parameters change:
+    video path, size, mtime (ns), frame range, and ``params`` (e.g. backend, model_complexity,
+    detector_version)."""
+    st = os.stat(video)
+    return json.dumps(dict(video=str(video), size=st.st_size, mtime_ns=st.st_mtime_ns,
+                           start=_frame_bound(start_frame) or 0, end=_frame_bound(end_frame),
+                           **params), sort_keys=True, default=str)
+
+
+# ---- the engine ------------------------------------------------------------------------------
+
+@dataclass
+class ExtractionSummary:
+    """What ``run_extraction`` did. ``skipped``: (clip_id, reason) of clips not written."""
+    path: str
+    done: int = 0
+    reused: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def shard_path(out_path: str | os.PathLike, index: int, count: int) -> Path:
+    """``data/kp.h5`` -> ``data/kp.shard-<index>-of-<count>.h5`` (index 0-based)."""
+    out_path = Path(out_path)
+    return out_path.with_name(f"{out_path.stem}.shard-{index}-of-{count}.h5")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` (0-based, as in ``--shard 0/4``) -> (i, n)."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"shard index {i} not in [0, {n})")
+    return i, n
+
+
+def _as_dict(clip) -> dict:
+    if isinstance(clip, Mapping):
+        return dict(clip)
+    if hasattr(clip, "to_dict"):  # pandas Series
+        return clip.to_dict()
+    if hasattr(clip, "_asdict"):  # namedtuple, e.g. DataFrame.itertuples()
+        return clip._asdict()
+    raise TypeError(f"a clip must be a mapping or row, got {type(clip).__name__}")
+
+
+def _check_clips(clips: list[dict]) -> None:
+    seen = set()
+    for c in clips:
+        for key in ("clip_id", "signature"):
+            if key not in c:
+                raise ValueError(f"clip {c.get('clip_id', c)!r} has no {key!r}")
+        cid = c["clip_id"] = str(c["clip_id"])
+        c["signature"] = str(c["signature"])
+        if not cid or "/" in cid or cid in (".", ".."):
+            raise ValueError(f"clip_id {cid!r} cannot name an HDF5 group")
+        if cid in seen:
+            raise ValueError(f"duplicate clip_id {cid!r}")
+        seen.add(cid)
+
+
+def _signature(group: h5py.Group) -> str | None:
+    sig = group.attrs.get("signature")
+    return sig.decode() if isinstance(sig, bytes) else sig
+
+
+def _open_partial(path: Path) -> h5py.File:
+    """Open the work file for appending; a corrupt one (killed mid-write) is started afresh."""
+    try:
+        return h5py.File(path, "a")
+    except OSError as err:
+        if "lock" in str(err).lower():  # HDF5's file lock: another run is writing it
+            raise RuntimeError(f"{path} is in use by another extraction run ({err})") from err
+        log.warning("discarding unreadable partial file %s (%s)", path, err)
+        path.unlink()
+        return h5py.File(path, "a")
+
+
+def _reconcile(f: h5py.File, clips: list[dict], sources: Iterable[Path]) -> tuple[set[str], bool]:
+    """Drop from ``f`` groups not listed or with another signature, copy matching ones from
+    ``sources``; returns (clip ids now in f, whether anything was dropped)."""
+    wanted = {c["clip_id"]: c["signature"] for c in clips}
+    dropped = False
+    for name in list(f.keys()):
+        try:
+            keep = wanted.get(name) == _signature(f[name]) and "kp" in f[name]
+        except (KeyError, OSError):  # a group half-written when the run was killed
+            keep = False
+        if not keep:
+            del f[name]
+            dropped = True
+    present = set(f.keys())
+    for src_path in sources:
+        if not src_path.exists() or len(present) == len(wanted):
+            continue
+        try:
+            with h5py.File(src_path, "r") as src:
+                for cid, sig in wanted.items():
+                    if cid not in present and cid in src and _signature(src[cid]) == sig:
+                        src.copy(src[cid], f, name=cid)
+                        present.add(cid)
+        except OSError as err:
+            log.warning("cannot reuse clips from %s (%s)", src_path, err)
+    f.flush()
+    return present, dropped
+
+
+def _attr_value(value):
+    if isinstance(value, (np.generic,)):
+        value = value.item()
+    return value if isinstance(value, (str, int, float, bool)) else None
+
+
+def _write_clip(f: h5py.File, clip: dict, kp: np.ndarray, info: Mapping) -> None:
+    g = f.create_group(clip["clip_id"])
+    g.create_dataset("kp", data=kp, compression="gzip", compression_opts=4, shuffle=True)
+    attrs = {k: v for k, v in ((k, _attr_value(v)) for k, v in info.items()) if v is not None}
+    attrs.update(source=str(info.get("source", clip.get("video", ""))), frames=len(kp))
+    missing = [k for k in REQUIRED_ATTRS if k not in attrs and k != "signature"]
+    if missing:
+        del f[clip["clip_id"]]
+        raise ValueError(f"extract_fn info for clip {clip['clip_id']!r} lacks {missing}")
+    for k, v in attrs.items():
+        if k != "signature":
+            g.attrs[k] = v
+    g.attrs["signature"] = clip["signature"]  # last: a group without it is never reused
+    f.flush()
+
+
+def _check_result(result) -> tuple[np.ndarray | None, dict, str | None]:
+    """(kp, info, None) or (None, {}, reason to skip)."""
+    try:
+        kp, info = result
+        kp, info = np.asarray(kp, np.float32), dict(info)
+    except (TypeError, ValueError) as err:
+        return None, {}, f"extract_fn returned no (kp, info) pair: {err}"
+    if kp.ndim != 3 or kp.shape[1:] != (NUM_KEYPOINTS, 3) or len(kp) == 0:
+        return None, {}, f"keypoints of shape {kp.shape}, expected [T>0, {NUM_KEYPOINTS}, 3]"
+    if not (kp[..., 2] > 0).any():
+        return None, {}, "no person found in any frame"
+    return kp, info, None
+
+
+_started = None  # in a worker: the queue on which it announces each clip it starts
+
+
+def _init_worker(started) -> None:
+    global _started
+    _started = started
+
+
+def _run_one(extract_fn: Callable, clip: dict):
+    if _started is not None:
+        _started.put(clip["clip_id"])
+    return extract_fn(clip)
+
+
+def _map_clips(clips: list[dict], extract_fn: Callable, workers: int, start_method: str,
+               ) -> Iterator[tuple[dict, Any, BaseException | None]]:
+    """Yield (clip, result, error) as clips finish in ``workers`` processes (0: in this one).
+
+    A worker that dies (segfault, OOM kill) breaks the pool: the clips it had started are
+    rerun one at a time in a pool of their own, so only the clip that kills a worker is lost
+    (error = BrokenProcessPool); the others go back to the parallel pool.
+    """
+    if workers == 0:
+        for clip in clips:
+            try:
+                yield clip, extract_fn(clip), None
+            except Exception as err:  # noqa: BLE001 - any failure skips the clip
+                yield clip, None, err
+        return
+    ctx = mp.get_context(start_method)
+    queue, alone = list(clips), []
+    while queue or alone:
+        if alone:
+            batch, n, isolated = [alone.pop()], 1, True
+        else:
+            batch, n, isolated, queue = queue, min(workers, len(queue)), False, []
+        started = ctx.SimpleQueue()
+        ex = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(started,))
+        try:
+            pending = {ex.submit(_run_one, extract_fn, c): c for c in batch}
+            broken: list[dict] = []
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    clip = pending.pop(fut)
+                    try:
+                        yield clip, fut.result(), None
+                    except BrokenProcessPool as err:
+                        if isolated:
+                            yield clip, None, err
+                        else:
+                            broken.append(clip)
+                    except Exception as err:  # noqa: BLE001
+                        yield clip, None, err
+        except BaseException:
+            # Interrupted: unwritten results are lost anyway, so do not let workers finish
+            # their queued clips (minutes each on long videos). No public API before 3.14.
+            procs = list((getattr(ex, "_processes", None) or {}).values())
+            ex.shutdown(wait=False, cancel_futures=True)
+            for proc in procs:
+                proc.terminate()
+            raise
+        ex.shutdown(wait=True)
+        if broken:
+            ids = set()
+            while not started.empty():
+                ids.add(started.get())
+            suspects = [c for c in broken if c["clip_id"] in ids]
+            if not suspects:
+                raise RuntimeError(
+                    "worker processes died before starting any clip: is extract_fn importable "
+                    "in a fresh process, and does the main script guard its entry point with "
+                    "`if __name__ == '__main__':`?")
+            alone += suspects
+            queue += [c for c in broken if c["clip_id"] not in ids]
+        started.close()
+
+
+def run_extraction(clips: Sequence, out_path: str | os.PathLike, extract_fn: Callable,
+                   workers: int | None = None, *, shard: tuple[int, int] | None = None,
+                   progress: bool = True, start_method: str = "spawn") -> ExtractionSummary:
+    """Extract keypoints for ``clips`` into HDF5 ``out_path``, in parallel and resumably.
+
+    clips: mappings/rows with clip_id, signature, and whatever ``extract_fn`` reads (video,
+    start_frame, end_frame). extract_fn: top-level, picklable ``clip -> (kp [T, 68, 3],
+    info)``; info needs fps, width, height, detector, detector_version (source defaults to
+    the clip's video). workers: processes (default os.cpu_count(); 0 runs in this process);
+    this process is the only writer. Work goes to ``<out>.partial``, flushed after each clip,
+    renamed to ``out_path`` when all clips are done. Clips already in the partial file or in
+    an existing ``out_path`` with the same signature are copied, not redone; others are
+    redone; unlisted clips are dropped. A clip whose extract_fn raises, kills its worker or
+    finds no person is skipped (reported, not written). shard=(i, n): only clips with list
+    index % n == i, written to ``shard_path(out_path, i, n)`` (all shards must get the same
+    list); a shard also reuses clips from ``out_path``.
+    """
+    t0 = time.perf_counter()
+    clips = [_as_dict(c) for c in clips]
+    _check_clips(clips)
+    out_path = Path(out_path)
+    final, sources = out_path, [out_path]
+    if shard is not None:
+        i, n = shard
+        if not 0 <= i < n:
+            raise ValueError(f"shard index {i} not in [0, {n})")
+        clips = clips[i::n]
+        final = shard_path(out_path, i, n)
+        sources = [final, out_path]
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = final.with_name(final.name + ".partial")
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    summary = ExtractionSummary(path=str(final))
+
+    with _open_partial(partial) as f:
+        f.attrs["keypoint_names"] = _NAMES_ATTR
+        present, dropped = _reconcile(f, clips, sources)
+        summary.reused = len(present)
+        todo = [c for c in clips if c["clip_id"] not in present]
+        bar = tqdm(total=len(todo), unit="clip", desc=f"keypoints {final.name}",
+                   disable=not progress or not todo, dynamic_ncols=True)
+        # closing(): an interruption here must stop the worker pool now, not at garbage collection
+        with bar, closing(_map_clips(todo, extract_fn, min(workers, len(todo)),
+                                     start_method)) as results:
+            for clip, result, err in results:
+                if err is None:
+                    kp, info, reason = _check_result(result)
+                else:
+                    reason = f"{type(err).__name__}: {err}"
+                if reason is None:
+                    _write_clip(f, clip, kp, info)
+                    summary.done += 1
+                else:
+                    summary.skipped.append((clip["clip_id"], reason))
+                    log.warning("skipped clip %s: %s", clip["clip_id"], reason)
+                    bar.set_postfix(skipped=len(summary.skipped))
+                bar.update()
+    if dropped:  # HDF5 does not reclaim deleted groups' space; rewrite compactly
+        with atomic_path(partial, suffix=".h5") as tmp:
+            _copy_all([partial], tmp)
+    os.replace(partial, final)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _copy_all(paths: Sequence[Path], out: Path) -> int:
+    n = 0
+    with h5py.File(out, "w") as dst:
+        dst.attrs["keypoint_names"] = _NAMES_ATTR
+        for p in paths:
+            with h5py.File(p, "r") as src:
+                for cid in src:
+                    if cid in dst:
+                        raise ValueError(f"clip {cid!r} is in more than one of {list(map(str, paths))}")
+                    src.copy(src[cid], dst, name=cid)
+                    n += 1
+    return n
+
+
+def merge_shards(paths: Sequence[str | os.PathLike], out_path: str | os.PathLike) -> int:
+    """Merge shard files into ``out_path`` (written atomically); returns the clip count.
+    A clip_id present in two shards is an error."""
+    with atomic_path(out_path, suffix=".h5") as tmp:
+        return _copy_all([Path(p) for p in paths], tmp)
+
+
+def read_clip(path: str | os.PathLike, clip_id: str) -> tuple[np.ndarray, dict]:
+    """(kp float32 [T, 68, 3], attributes) of one clip of a keypoints file."""
+    with h5py.File(path, "r") as f:
+        g = f[clip_id]
+        return g["kp"][()], {k: (v.decode() if isinstance(v, bytes) else v)
+                             for k, v in g.attrs.items()}
