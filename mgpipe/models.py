@@ -34,10 +34,10 @@ BRANCHES = ("stcnn", "posec3d", "r2plus1d", "swin3d")
 # profile is the constructor defaults, i.e. an empty dict.
 DEMO_PROFILE: dict[str, dict] = {
     "stcnn": dict(channels=(32, 64, 64), strides=(1, 2, 1)),
-    "posec3d": dict(base_channels=8, stage_blocks=(1, 1, 1)),
+    "posec3d": dict(base_channels=8, stage_blocks=(1, 1, 1), stem_stride=2),
     "r2plus1d": dict(widths=(16, 32, 64, 128), layers=(1, 1, 1, 1)),
     "swin3d": dict(hidden_dim=24, depths=(1, 1, 1), num_heads=(1, 2, 4),
-                   window_size=(4, 4, 4), patch_size=(2, 4, 4)),
+                   window_size=(4, 4, 4), patch_size=(2, 4, 4), stochastic_depth_prob=0.0),
 }
 
 
@@ -209,11 +209,12 @@ class PoseC3D(nn.Module):
                  base_channels: int = 32, stage_blocks: Sequence[int] = (4, 6, 3),
                  inflate: Sequence[int] = (0, 1, 1), spatial_strides: Sequence[int] = (2, 2, 2),
                  temporal_strides: Sequence[int] = (1, 1, 2), block: str = "bottleneck",
-                 embed_dim: int = 128, dropout: float = 0.5):
+                 embed_dim: int = 128, dropout: float = 0.5, stem_stride: int = 1):
         super().__init__()
         block_cls = {"bottleneck": Bottleneck3d, "basic": BasicBlock3d}[block]
+        # stem_stride 2 (spatial only) cuts the cost ~4x for CPU demos; PoseC3D uses 1.
         self.stem = nn.Sequential(
-            _conv_bn(in_channels, base_channels, (1, 7, 7), 1, (0, 3, 3)),
+            _conv_bn(in_channels, base_channels, (1, 7, 7), (1, stem_stride, stem_stride), (0, 3, 3)),
             nn.MaxPool3d((1, 3, 3), 1, (0, 1, 1)))
         stages, inplanes = [], base_channels
         for i, n_blocks in enumerate(stage_blocks):

@@ -302,6 +302,12 @@ def _plain(obj):
     return obj
 
 
+def branch_config(params: dict, branch: str) -> dict:
+    """params.yaml's train + loss + branches.<branch> blocks as one train_branch config."""
+    b = {k: v for k, v in params["branches"][branch].items() if k != "input"}
+    return {**params.get("train", {}), **params.get("loss", {}), **b}
+
+
 def branch_data(branch: str, manifest, classes: Sequence[str], input_path: str | Path,
                 pseudo: dict[str, int] | None = None) -> BranchData:
     """The clips a branch trains on, from the manifest and its input HDF5 file; ``pseudo``

@@ -16,14 +16,7 @@ import pandas as pd
 
 from mgpipe.io import write_json_atomic
 from mgpipe.params import load_params
-from mgpipe.train import branch_data, train_branch
-
-
-def branch_config(params: dict, branch: str) -> dict:
-    """train + loss + branches.<branch> blocks merged into one train_branch config."""
-    b = dict(params["branches"][branch])
-    b.pop("input", None)
-    return {**params.get("train", {}), **params.get("loss", {}), **b}
+from mgpipe.train import branch_config, branch_data, train_branch
 
 
 def main(argv=None) -> int:
@@ -32,13 +25,13 @@ def main(argv=None) -> int:
     ap.add_argument("--branch", required=True, help="stcnn | posec3d | r2plus1d | swin3d")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--interim", default="data/interim", help="manifest and classes folder")
-    ap.add_argument("--out", default=None, help="default: models/<branch>")
+    ap.add_argument("--out", default=None, help="default: models/train/<branch>")
     ap.add_argument("--metrics", default=None, help="default: metrics/train/<branch>.json")
     args = ap.parse_args(argv)
     params = load_params(args.params)
     if args.branch not in params.get("branches", {}):
         ap.error(f"branch {args.branch!r} is not in params.yaml's branches block")
-    out = Path(args.out or f"models/{args.branch}")
+    out = Path(args.out or f"models/train/{args.branch}")
     metrics_path = Path(args.metrics or f"metrics/train/{args.branch}.json")
     manifest = pd.read_csv(Path(args.interim) / "manifest.csv", keep_default_na=False)
     classes = json.loads((Path(args.interim) / "classes.json").read_text())

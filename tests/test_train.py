@@ -95,3 +95,26 @@ def test_ddp_two_processes_match_one(tmp_path):
         if a[k].dtype.is_floating_point and "running" not in k:
             rel = (a[k] - b[k]).norm() / (a[k].norm() + 1e-8)
             assert rel < 0.02, (k, float(rel))  # unsynchronised BatchNorm gives ~0.7
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")
+@pytest.mark.parametrize("branch", ["stcnn", "posec3d", "r2plus1d", "swin3d"])
+def test_cuda_amp_channels_last_training(tmp_path, branch):
+    """The GPU path: bf16 autocast, channels-last for volumes, checkpoints that load on CPU."""
+    from mgpipe.models import DEMO_PROFILE
+
+    rng = np.random.default_rng(0)
+    shapes = {"stcnn": ("joints", (30, 68, 3)), "posec3d": ("heatmap", (68, 8, 32, 32)),
+              "r2plus1d": ("rgb", (8, 48, 48, 3)), "swin3d": ("rgb", (8, 48, 48, 3))}
+    modality, shape = shapes[branch]
+    arrays = {f"c{i}": (rng.uniform(0, 100, shape).astype(np.float32) if modality == "joints"
+                        else rng.integers(0, 255, shape, dtype=np.uint8)) for i in range(24)}
+    ids = list(arrays)
+    data = BranchData(modality, arrays, 3, ids[:16], [i % 3 for i in range(16)], ids[16:],
+                      [i % 3 for i in range(8)], ids[16:20])
+    cfg = dict(epochs=2, batch_size=8, amp=True, channels_last=True, embed_dim=16,
+               model=DEMO_PROFILE[branch], frames=16)
+    m = train_branch(branch, data, cfg, tmp_path, progress=False)
+    assert 0 <= m["macro_f1"] <= 1 and np.isfinite(m["loss"])
+    ckpt = torch.load(tmp_path / "best.pt", map_location="cpu", weights_only=True)
+    assert all(t.device.type == "cpu" for t in ckpt["model"].values())

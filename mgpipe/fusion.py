@@ -1,0 +1,141 @@
+"""Temperature-scaled late fusion (SPEC section 8).
+
+Per branch b a temperature T_b is fitted on the validation subjects by minimising NLL; the
+fused probability is sum_b w_b softmax(z_b / T_b), with the weights from params or fitted on
+validation (:func:`fit_weights`). Pure numpy/scipy.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Mapping
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax
+
+from mgpipe.metrics import classification_metrics
+
+
+def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax of ``z`` along ``axis`` (any shape)."""
+    z = np.asarray(z, dtype=np.float64)
+    e = np.exp(z - np.max(z, axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of ``labels`` [N] under softmax(logits [N, C] / T);
+    NaN when N = 0."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) == 0:
+        return float("nan")
+    logp = log_softmax(logits / temperature, axis=1)
+    return float(-logp[np.arange(len(labels)), labels].mean())
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray,
+                    bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """Temperature T in ``bounds`` minimising the validation NLL of softmax(logits [N, C] / T)
+    for ``labels`` [N]; 1.0 when there are no labels.
+
+    NLL is convex in 1/T, hence unimodal in log T, so bounded Brent on log T finds the global
+    minimum deterministically (perfectly separated data drives T to the lower bound)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) == 0:
+        return 1.0
+    lo, hi = (math.log(b) for b in bounds)
+    res = minimize_scalar(lambda log_t: nll(logits, labels, math.exp(log_t)),
+                          bounds=(lo, hi), method="bounded", options={"xatol": 1e-6})
+    # bounded Brent never evaluates the bounds themselves, where a monotone NLL has its minimum
+    best = min((res.x, lo, hi), key=lambda log_t: nll(logits, labels, math.exp(log_t)))
+    return float(math.exp(best))
+
+
+def calibrated_probs(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(logits [N, C] / T) -> [N, C]."""
+    return softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=-1)
+
+
+def _normalised_weights(names: list[str], weights: Mapping[str, float] | None) -> np.ndarray:
+    if weights is None:
+        return np.full(len(names), 1.0 / len(names))
+    missing = [b for b in names if b not in weights]
+    if missing:
+        raise ValueError(f"fusion weights missing for branches {missing} (have {sorted(weights)})")
+    w = np.array([float(weights[b]) for b in names])
+    if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
+        raise ValueError(f"fusion weights must be finite, >= 0 and not all 0: "
+                         f"{dict(zip(names, w.tolist()))}")
+    return w / w.sum()
+
+
+def fuse(probs: Mapping[str, np.ndarray], weights: Mapping[str, float] | None = None) -> np.ndarray:
+    """sum_b w_b probs[b] -> [N, C] for branch probabilities [N, C] of equal shape; ``weights``
+    (branch -> w >= 0) are normalised to sum 1, None = equal. Extra weight keys are ignored."""
+    if not probs:
+        raise ValueError("fuse needs at least one branch")
+    names = list(probs)
+    arrays = [np.asarray(probs[b], dtype=np.float64) for b in names]
+    shapes = {b: a.shape for b, a in zip(names, arrays)}
+    if any(a.ndim != 2 for a in arrays) or len(set(shapes.values())) != 1:
+        raise ValueError(f"all branches need probabilities of one shape [N, C]; got {shapes}")
+    w = _normalised_weights(names, weights)
+    return np.tensordot(w, np.stack(arrays), axes=1)
+
+
+def _prob_nll(probs: np.ndarray, labels: np.ndarray) -> float:
+    p = probs[np.arange(len(labels)), labels]
+    return float(-np.log(np.clip(p, 1e-12, None)).mean())
+
+
+def simplex_grid(num: int, step: float) -> np.ndarray:
+    """All weight vectors [P, num] on the simplex with coordinates in multiples of ``step``
+    (``1/step`` rounded to an integer n): P = C(n + num - 1, num - 1) points, e.g. 286 for
+    4 branches at step 0.1, 1771 at step 0.05."""
+    n = max(1, int(round(1.0 / step)))
+    # stars and bars: choose num - 1 bar positions among n + num - 1 slots
+    pts = []
+    for bars in itertools.combinations(range(n + num - 1), num - 1):
+        edges = (-1,) + bars + (n + num - 1,)
+        pts.append([edges[i + 1] - edges[i] - 1 for i in range(num)])
+    return np.asarray(pts, dtype=np.float64).reshape(-1, num) / n
+
+
+def fit_weights(val_probs: Mapping[str, np.ndarray], labels: np.ndarray, grid_step: float = 0.1,
+                max_points: int = 20000) -> dict[str, float]:
+    """Fusion weights (branch -> w, summing to 1) maximising validation macro-F1 of
+    :func:`fuse` over a simplex grid (:func:`simplex_grid`), given calibrated val
+    probabilities [N, C] per branch and ``labels`` [N].
+
+    Ties in macro-F1 go to the lower fused NLL, then to the point closest to equal weights, so
+    the result is deterministic. Cost: P grid points x one O(N C) fusion + F1 each; P is
+    C(1/step + B - 1, B - 1) (286 for 4 branches at 0.1), and a grid over ``max_points`` is
+    refused (use a coarser step). No labels -> equal weights."""
+    names = list(val_probs)
+    labels = np.asarray(labels, dtype=np.int64)
+    if not names:
+        raise ValueError("fit_weights needs at least one branch")
+    equal = {b: 1.0 / len(names) for b in names}
+    fuse(val_probs)  # shape check
+    if len(labels) == 0 or len(names) == 1:
+        return equal
+    n = max(1, int(round(1.0 / grid_step)))
+    points = math.comb(n + len(names) - 1, len(names) - 1)
+    if points > max_points:
+        raise ValueError(f"weight grid of {points} points for {len(names)} branches at step "
+                         f"{grid_step} exceeds max_points={max_points}; use a coarser step")
+    stack = np.stack([np.asarray(val_probs[b], dtype=np.float64) for b in names])
+    uniform = np.full(len(names), 1.0 / len(names))
+    best_key, best_w = None, uniform
+    for w in simplex_grid(len(names), 1.0 / n):
+        fused = np.tensordot(w, stack, axes=1)
+        f1 = classification_metrics(fused, labels)["macro_f1"]
+        # rounding keeps float noise from breaking exact ties between equivalent points
+        key = (-round(f1, 12), round(_prob_nll(fused, labels), 12),
+               round(float(np.abs(w - uniform).sum()), 12))
+        if best_key is None or key < best_key:
+            best_key, best_w = key, w
+    return {b: float(x) for b, x in zip(names, best_w)}
