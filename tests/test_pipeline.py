@@ -100,6 +100,10 @@ def test_repro_runs_every_stage(project):
               "cmpl.json", "confusion.json", "train/stcnn.json"):
         assert (project / "metrics" / f).is_file(), f
     assert len(pd.read_csv(project / "metrics/predictions.csv")) == (m.split == "test").sum()
+    import h5py  # every modality holds exactly the manifest's clips (no skips here)
+    for f in ("data/interim/keypoints.h5", "data/processed/rgb.h5", "data/processed/heatmaps.h5"):
+        with h5py.File(project / f) as h5:
+            assert set(h5.keys()) == set(m.clip_id), f
 
 
 def test_second_repro_is_a_noop(project):
