@@ -112,7 +112,9 @@ def crop_sheet(items: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path
         row = np.concatenate(tiles, 1)
         cv2.putText(row, clip_id, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 0), 1)
         rows.append(row)
-    if not rows:
-        return
+    if not rows:  # a skeleton-only dataset: say so in the picture the stage promises
+        rows = [np.zeros((40, 5 * thumb, 3), np.uint8)]
+        cv2.putText(rows[0], "no video in this dataset: no RGB crops", (8, 25),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1)
     with atomic_path(path, suffix=".png") as tmp:
         cv2.imwrite(str(tmp), cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_RGB2BGR))

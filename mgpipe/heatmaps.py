@@ -547,7 +547,7 @@ def write_heatmaps_h5(path: str | os.PathLike,
             f.attrs.update(file_attrs or {})
             for clip_id, vol, attrs in items:
                 vol = np.ascontiguousarray(vol, np.uint8)
-                ds = f.create_dataset(str(clip_id), data=vol, chunks=vol.shape,
+                ds = f.create_dataset(str(clip_id), data=vol, chunks=vol.shape, track_times=False,
                                       compression=compression, compression_opts=opts)
                 ds.attrs.update(attrs)
                 n += 1

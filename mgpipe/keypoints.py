@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from .io import atomic_path
 from .layout import LEFT_HAND, NAMES, NUM_KEYPOINTS, RIGHT_HAND, fill_neck
+from .video import VideoError
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,6 @@ HAND_DUPLICATE_IOU = 0.5
 
 
 _NAMES_ATTR = np.array(NAMES, dtype=h5py.string_dtype())
-
-
-class VideoError(RuntimeError):
-    """A video that cannot be opened or yields no frames in the requested range."""
 
 
 # ---- video reading ---------------------------------------------------------------------------
@@ -331,7 +328,8 @@ def _attr_value(value):
 
 def _write_clip(f: h5py.File, clip: dict, kp: np.ndarray, info: Mapping) -> None:
     g = f.create_group(clip["clip_id"])
-    g.create_dataset("kp", data=kp, compression="gzip", compression_opts=4, shuffle=True)
+    g.create_dataset("kp", data=kp, compression="gzip", compression_opts=4, shuffle=True,
+                     track_times=False)  # byte-identical reruns keep DVC downstream cached
     attrs = {k: v for k, v in ((k, _attr_value(v)) for k, v in info.items()) if v is not None}
     attrs.update(source=str(info.get("source", clip.get("video", ""))), frames=len(kp))
     missing = [k for k in REQUIRED_ATTRS if k not in attrs and k != "signature"]

@@ -65,7 +65,7 @@ def main(argv=None) -> int:
                 skipped.append({"clip_id": cid, "stage": "crop", "reason": err})
                 continue
             fallbacks += bool(attrs["fallback"])
-            ds = h5.create_dataset(cid, data=rgb, chunks=rgb.shape, compression="gzip",
+            ds = h5.create_dataset(cid, data=rgb, chunks=rgb.shape, compression="gzip", track_times=False,
                                    compression_opts=1)
             ds.attrs.update(attrs)
             if cid in sheet_ids:

@@ -36,7 +36,7 @@ def main(argv=None) -> int:
 
                 def keep(clip_id, kp):
                     g = h5.create_group(clip_id)
-                    g.create_dataset("kp", data=kp.astype("float32"), compression="gzip",
+                    g.create_dataset("kp", data=kp.astype("float32"), compression="gzip", track_times=False,
                                      compression_opts=4, shuffle=True)
 
                 prepared = build_manifest(ds, params.get("split", {}),

@@ -34,7 +34,10 @@ SMALL = {
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    # dvc exp run commits experiments: give git an identity on machines that have none
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+               GIT_AUTHOR_NAME="mgpipe-test", GIT_AUTHOR_EMAIL="test@mgpipe.invalid",
+               GIT_COMMITTER_NAME="mgpipe-test", GIT_COMMITTER_EMAIL="test@mgpipe.invalid")
     p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if p.returncode:
         raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")

@@ -49,6 +49,7 @@ def toy_data():
 def test_global_batches_split_across_processes():
     one = list(GlobalBatchSampler(20, 4, seed=1))
     two = [list(GlobalBatchSampler(20, 4, seed=1, world=2, rank=r)) for r in (0, 1)]
+    assert len(two[0]) == len(two[1]) == len(one)
     for b, (a, c) in enumerate(zip(*two)):
         assert sorted(a + c) == sorted(one[b])
 
