@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from mgpipe import layout
+from mgpipe.sampling import uniform_indices
 
 # Kinetics-400 statistics, as torchvision's video models expect.
 RGB_MEAN = np.array([0.43216, 0.394666, 0.37645], np.float32)
@@ -56,13 +57,12 @@ def normalize_joints(kp: np.ndarray, min_score: float = 0.05) -> np.ndarray:
 
 
 def sample_indices(n: int, length: int, rng: np.random.Generator | None) -> np.ndarray:
-    """``length`` indices over ``n`` frames: segment centres, or (with ``rng``) a random
-    frame inside each of ``length`` equal segments (temporal jitter for training)."""
-    edges = np.arange(length + 1) * n / length
+    """``length`` indices over ``n`` frames: segment centres (``uniform_indices``), or (with
+    ``rng``) a random frame inside each of ``length`` equal segments (temporal jitter)."""
     if rng is None:
-        idx = (edges[:-1] + edges[1:]) / 2
-    else:
-        idx = edges[:-1] + rng.random(length) * (edges[1:] - edges[:-1])
+        return uniform_indices(n, length)
+    edges = np.arange(length + 1) * n / length
+    idx = edges[:-1] + rng.random(length) * (edges[1:] - edges[:-1])
     return np.clip(np.floor(idx).astype(np.int64), 0, n - 1)
 
 

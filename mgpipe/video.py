@@ -49,46 +49,31 @@ def probe_video(path: str | Path) -> VideoInfo:
         cap.release()
 
 
-def read_frames(path: str | Path, indices: np.ndarray | None = None,
-                start: int = 0, end: int | None = None) -> np.ndarray:
-    """Decode frames [start, end) of a video as uint8 RGB [N, H, W, 3].
-
-    With ``indices`` (relative to ``start``, sorted or not, repeats allowed) only those frames
-    are returned, in that order; decoding is sequential, so no seeking inaccuracy.
-    """
+def read_frames(path: str | Path, indices: np.ndarray, start: int = 0,
+                end: int | None = None) -> np.ndarray:
+    """Frames ``indices`` (relative to ``start``; any order, repeats allowed) of the clip
+    [start, end) of a video, as uint8 RGB [len(indices), H, W, 3]. Decodes sequentially
+    (no seeking inaccuracy) and stops after the last index wanted."""
+    wanted = {int(i) for i in indices}
+    stop = max(wanted) + 1 if end is None else min(max(wanted) + 1, end - start)
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise VideoError(f"{path}: OpenCV cannot open this video")
+    kept: dict[int, np.ndarray] = {}
     try:
-        if start:
-            for _ in range(start):
-                if not cap.grab():
-                    break
-        frames = []
-        n = 0
-        stop = None if end is None else end - start
-        wanted = None if indices is None else set(int(i) for i in indices)
-        last = None if indices is None else int(np.max(indices))
-        kept: dict[int, np.ndarray] = {}
-        while stop is None or n < stop:
-            if last is not None and n > last:
+        for _ in range(start):
+            if not cap.grab():
                 break
+        for n in range(stop):
             ok, frame = cap.read()
             if not ok:
                 break
-            if wanted is None:
-                frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-            elif n in wanted:
+            if n in wanted:
                 kept[n] = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            n += 1
     finally:
         cap.release()
-    if indices is None:
-        if not frames:
-            raise VideoError(f"{path}: no frame decoded in [{start}, {end})")
-        return np.stack(frames)
     if not kept:
         raise VideoError(f"{path}: no frame decoded in [{start}, {end})")
     # Frames past the decodable end (a short count in the header) repeat the last decoded one.
-    last_ok = max(kept)
-    return np.stack([kept.get(int(i), kept[last_ok]) for i in indices])
+    last_ok = kept[max(kept)]
+    return np.stack([kept.get(int(i), last_ok) for i in indices])
