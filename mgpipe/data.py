@@ -1,10 +1,14 @@
 """Training data: clips from the HDF5 stage outputs as tensors, with augmentation that fits
 each modality. No video is decoded during training.
 
-Inputs per branch:
-    joints   keypoints.h5  /<clip>/kp  float32 [T0, 68, 3] -> [C, T, 68]
-    heatmap  heatmaps.h5   /<clip>     uint8 [K, T, H, W]   -> float [K, T, H, W]
-    rgb      rgb.h5        /<clip>     uint8 [T, H, W, 3]   -> float [3, T, H, W] (normalised)
+Inputs per branch (stored -> loader item -> model input):
+    joints   keypoints.h5  /<clip>/kp  float32 [T0, 68, 3] -> [T, 68, 3] -> [C, T, 68]
+    heatmap  heatmaps.h5   /<clip>     uint8 [K, T, H, W]   -> as stored -> float [K, T, H, W]
+    rgb      rgb.h5        /<clip>     uint8 [T, H, W, 3]   -> as stored -> float [3, T, H, W]
+
+The loader only indexes and batches; flips, crops and time shifts are applied to a whole
+batch by ``model_input`` on the training device (the GPU when there is one), so moving
+uint8 clips is all the loader costs.
 """
 from __future__ import annotations
 
@@ -66,47 +70,101 @@ def sample_indices(n: int, length: int, rng: np.random.Generator | None) -> np.n
     return np.clip(np.floor(idx).astype(np.int64), 0, n - 1)
 
 
-def joints_tensor(kp: np.ndarray, frames: int, motion: bool, rng=None, flip=False,
-                  scale: float = 1.0, shift=(0.0, 0.0)) -> torch.Tensor:
-    """[T0, 68, 3] pixels -> [C, frames, 68], C = 3 (x, y, score) or 5 (+ dx, dy motion)."""
-    x = normalize_joints(kp)[sample_indices(len(kp), frames, rng)]
+def _draw_aug(rng, modality: str, flip_ok: bool, min_crop: float) -> np.ndarray:
+    """Augmentation parameters of one clip (see ``model_input``); identity when rng is None."""
+    aug = np.array([0, 1, 0, 1, 0, 0], np.float32)
+    if rng is None:
+        return aug
+    aug[0] = float(flip_ok and rng.random() < 0.5)
+    if modality == "joints":  # isotropic scale and a small shift, in normalised units
+        aug[1] = aug[3] = rng.uniform(0.9, 1.1)
+        aug[[2, 4]] = rng.uniform(-0.05, 0.05, 2)
+        return aug
+    aug[5] = rng.integers(-1, 2)  # temporal shift by -1, 0 or +1 frame
+    s = np.sqrt(rng.uniform(min_crop, 1.0))  # side of a square crop, fraction of the frame
+    y0, x0 = rng.uniform(0, 1 - s, 2)
+    # the crop as an affine map of normalised [-1, 1] output coords to input coords
+    aug[1:5] = s, 2 * x0 + s - 1, s, 2 * y0 + s - 1
+    return aug
+
+
+def model_input(x: torch.Tensor, aug: torch.Tensor, modality: str,
+                channel_flip: torch.Tensor | None = None, motion: bool = True) -> torch.Tensor:
+    """A batch as ``ClipDataset`` stores it -> the model's float input, augmented per clip.
+
+    Runs on whatever device ``x`` is on, so augmentation happens on the GPU in one batched
+    pass and the loader only moves the stored (uint8) arrays.
+    x:   joints [N, T, 68, 3] normalised; heatmap uint8 [N, K, T, H, W]; rgb uint8 [N, T, H, W, 3]
+    aug: [N, 6] float = (flip, scale_x, shift_x, scale_y, shift_y, time_shift); identity
+         (0, 1, 0, 1, 0, 0). Joints: x' = x * scale + shift. Images: the output samples the
+         input at (scale * u + shift) in normalised coords u in [-1, 1] (a crop, resized),
+         mirrored when flipped; time_shift moves frames by whole frames (edges repeat).
+    channel_flip: heatmap channel permutation applied to flipped clips (left/right swap).
+    Returns joints [N, C, T, 68] (C = 3, or 5 with motion), heatmap [N, K, T, H, W],
+    rgb [N, 3, T, H, W] normalised with ``RGB_MEAN`` / ``RGB_STD``.
+    """
+    aug = aug.to(x.device, torch.float32)
+    flip = aug[:, 0] > 0.5
+    if modality == "joints":
+        return _joints_input(x.float(), aug, flip, motion)
+    if modality == "heatmap":
+        x = x.float().div_(255)
+        if channel_flip is not None and flip.any():
+            swapped = x[:, channel_flip.to(x.device)]
+            x = torch.where(flip.view(-1, 1, 1, 1, 1), swapped, x)
+    elif modality == "rgb":
+        mean = torch.as_tensor(RGB_MEAN, device=x.device).view(1, 3, 1, 1, 1)
+        std = torch.as_tensor(RGB_STD, device=x.device).view(1, 3, 1, 1, 1)
+        x = (x.permute(0, 4, 1, 2, 3).float().div_(255) - mean) / std
+    else:
+        raise ValueError(f"unknown modality {modality!r}")
+    n, c, t, h, w = x.shape
+    shift = aug[:, 5].round().long()
+    if shift.any():
+        idx = (torch.arange(t, device=x.device) + shift[:, None]).clamp_(0, t - 1)
+        x = torch.take_along_dim(x, idx.view(n, 1, t, 1, 1), dim=2)
+    identity = torch.tensor([1, 0, 1, 0], dtype=aug.dtype, device=aug.device)
+    if flip.any() or not torch.equal(aug[:, 1:5], identity.expand(n, 4)):
+        theta = torch.zeros(n, 2, 3, device=x.device)
+        theta[:, 0, 0] = torch.where(flip, -aug[:, 1], aug[:, 1])
+        theta[:, 0, 2] = aug[:, 2]
+        theta[:, 1, 1] = aug[:, 3]
+        theta[:, 1, 2] = aug[:, 4]
+        grid = F.affine_grid(theta, [n, c * t, h, w], align_corners=False)
+        x = F.grid_sample(x.reshape(n, c * t, h, w), grid, mode="bilinear",
+                          padding_mode="border", align_corners=False).view(n, c, t, h, w)
+    return x.contiguous()
+
+
+def _joints_input(x: torch.Tensor, aug: torch.Tensor, flip: torch.Tensor, motion: bool):
+    """[N, T, 68, 3] normalised joints -> [N, C, T, 68]; unseen joints (score 0) stay 0."""
+    if flip.any():
+        mirrored = x[:, :, torch.as_tensor(layout.flip_index(), device=x.device)]
+        mirrored[..., 0] = -mirrored[..., 0]
+        x = torch.where(flip.view(-1, 1, 1, 1), mirrored, x)
     seen = x[..., 2:3] > 0
-    if flip:
-        x = x[:, layout.flip_index()]
-        x[..., 0] = -x[..., 0]
-        seen = x[..., 2:3] > 0
-    x[..., :2] = np.where(seen, x[..., :2] * scale + np.asarray(shift, np.float32), 0)
-    chans = [x]
+    scale = aug[:, [1, 3]].view(-1, 1, 1, 2)
+    shift = aug[:, [2, 4]].view(-1, 1, 1, 2)
+    xy = torch.where(seen, x[..., :2] * scale + shift, torch.zeros_like(x[..., :2]))
+    chans = [xy, x[..., 2:3]]
     if motion:
-        d = np.zeros_like(x[..., :2])
-        both = seen[1:] & seen[:-1]
-        d[1:] = np.where(both, x[1:, :, :2] - x[:-1, :, :2], 0)
+        d = torch.zeros_like(xy)
+        both = seen[:, 1:] & seen[:, :-1]
+        d[:, 1:] = torch.where(both, xy[:, 1:] - xy[:, :-1], torch.zeros_like(d[:, 1:]))
         chans.append(d)
-    return torch.from_numpy(np.concatenate(chans, -1).transpose(2, 0, 1).copy())
-
-
-def _temporal_shift(t: int, rng) -> np.ndarray:
-    return np.clip(np.arange(t) + rng.integers(-1, 2), 0, t - 1)
-
-
-def _random_resized_crop(x: torch.Tensor, rng, min_scale: float) -> torch.Tensor:
-    """x [C, T, H, W] -> same size, from a random square-ish crop covering >= min_scale."""
-    _, t, h, w = x.shape
-    s = np.sqrt(rng.uniform(min_scale, 1.0))
-    ch, cw = max(1, int(round(h * s))), max(1, int(round(w * s)))
-    y0, x0 = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-    crop = x[:, :, y0:y0 + ch, x0:x0 + cw]
-    return F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
+    return torch.cat(chans, -1).permute(0, 3, 1, 2).contiguous()
 
 
 class ClipDataset(Dataset):
-    """(input tensor, label index or -1, position) for a list of clips of one modality.
+    """(stored input, augmentation, label index or -1, position) per clip of one modality.
 
     ``arrays``: clip_id -> array as stored by the stage (see module docstring);
     ``labels``: class index per clip (-1 = unknown, e.g. test clips);
     ``train``: random augmentation (flip with left/right swap, temporal jitter, crops).
-    Randomness comes from a generator seeded by (seed, epoch, position), so a run is
-    reproducible whatever the number of loader workers.
+    Items stay as stored (uint8 for heatmaps and RGB) with their augmentation parameters;
+    ``to_input`` applies them to a whole batch once it is on the GPU. Randomness comes from
+    a generator seeded by (seed, epoch, position), so a run is reproducible whatever the
+    number of loader workers.
     """
 
     def __init__(self, modality: str, arrays: dict[str, np.ndarray], clip_ids: Sequence[str],
@@ -119,8 +177,8 @@ class ClipDataset(Dataset):
         self.clip_ids, self.labels = list(clip_ids), np.asarray(labels, np.int64)
         self.train, self.frames, self.motion, self.flip, self.seed = train, frames, motion, flip, seed
         self.epoch = 0
-        self.channel_flip = (layout.flip_index() if heatmap_mode == "joint"
-                             else layout.flip_bone_index())
+        self.channel_flip = torch.as_tensor(layout.flip_index() if heatmap_mode == "joint"
+                                            else layout.flip_bone_index())
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -129,28 +187,18 @@ class ClipDataset(Dataset):
         return len(self.clip_ids)
 
     def __getitem__(self, i: int):
+        """(stored input, augmentation [6], label, position); ``to_input`` makes the model's
+        input of a batch of them, on the device the batch is on."""
         a = self.arrays[self.clip_ids[i]]
         rng = np.random.default_rng([self.seed, self.epoch, i]) if self.train else None
-        flip = bool(self.train and self.flip and rng.random() < 0.5)
+        aug = _draw_aug(rng, self.modality, self.flip, 0.8 if self.modality == "heatmap" else 0.7)
         if self.modality == "joints":
-            scale = rng.uniform(0.9, 1.1) if rng is not None else 1.0
-            shift = rng.uniform(-0.05, 0.05, 2) if rng is not None else (0.0, 0.0)
-            x = joints_tensor(a, self.frames, self.motion, rng, flip, scale, shift)
-        elif self.modality == "heatmap":
-            if rng is not None:
-                a = a[:, _temporal_shift(a.shape[1], rng)]
-            x = torch.from_numpy(np.ascontiguousarray(a)).float().div_(255)
-            if flip:
-                x = x[self.channel_flip].flip(-1)
-            if rng is not None:
-                x = _random_resized_crop(x, rng, 0.8)
+            x = torch.from_numpy(normalize_joints(a)[sample_indices(len(a), self.frames, rng)])
         else:
-            if rng is not None:
-                a = a[_temporal_shift(a.shape[0], rng)]
-            x = (a.astype(np.float32) / 255 - RGB_MEAN) / RGB_STD
-            x = torch.from_numpy(np.ascontiguousarray(x.transpose(3, 0, 1, 2)))
-            if flip:
-                x = x.flip(-1)
-            if rng is not None:
-                x = _random_resized_crop(x, rng, 0.7)
-        return x, int(self.labels[i]), i
+            x = torch.from_numpy(a)
+        return x, torch.from_numpy(aug), int(self.labels[i]), i
+
+    def to_input(self, x: torch.Tensor, aug: torch.Tensor) -> torch.Tensor:
+        """``model_input`` of a collated batch with this dataset's modality settings."""
+        flip = self.channel_flip if self.modality == "heatmap" else None
+        return model_input(x, aug, self.modality, flip, self.motion)

@@ -27,3 +27,33 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, 
         "micro_f1": float((pred == labels).mean()),
         "top5": topk_accuracy(scores, labels, 5),
     }
+
+
+def chance_macro_f1(pred: np.ndarray, labels: np.ndarray, permutations: int = 2000,
+                    seed: int = 0) -> dict[str, float]:
+    """How far macro-F1 is above chance: the labels are shuffled against the predictions
+    ``permutations`` times (a classifier with the same prediction frequencies that ignores
+    its input). Returns the observed macro-F1, the null's mean and 95th percentile, and the
+    one-sided permutation p-value (1 + #null >= observed) / (1 + permutations).
+
+    pred, labels: class indices [N]; macro over the classes present in ``labels``, as in
+    ``classification_metrics``.
+    """
+    pred, labels = np.asarray(pred, np.int64), np.asarray(labels, np.int64)
+    if len(labels) == 0:
+        nan = float("nan")
+        return {"macro_f1": nan, "chance_mean": nan, "chance_p95": nan, "p_value": nan}
+    present = np.unique(labels)
+    c = int(max(pred.max(), labels.max())) + 1
+    n_pred, n_true = np.bincount(pred, minlength=c), np.bincount(labels, minlength=c)
+    rng = np.random.default_rng(seed)
+    shuffled = np.stack([labels] + [rng.permutation(labels) for _ in range(permutations)])
+    hit = shuffled == pred[None]
+    rows = np.broadcast_to(np.arange(len(shuffled))[:, None], hit.shape)
+    tp = np.bincount(rows[hit] * c + np.broadcast_to(pred, hit.shape)[hit],
+                     minlength=len(shuffled) * c).reshape(len(shuffled), c)
+    f1 = (2 * tp / (n_pred + n_true))[:, present].mean(1)  # n_true > 0 for present classes
+    observed, null = float(f1[0]), f1[1:]
+    return {"macro_f1": observed, "chance_mean": float(null.mean()),
+            "chance_p95": float(np.quantile(null, 0.95)),
+            "p_value": float((1 + (null >= observed - 1e-12).sum()) / (1 + permutations))}

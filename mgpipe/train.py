@@ -134,8 +134,8 @@ def predict(model: torch.nn.Module, dataset: ClipDataset, device: torch.device,
     model.eval()
     out = []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    for x, _, _ in loader:
-        x = x.to(device, non_blocking=True)
+    for x, aug, _, _ in loader:
+        x = dataset.to_input(x.to(device, non_blocking=True), aug)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -237,8 +237,10 @@ def train_branch(branch: str, data: BranchData, cfg: dict, out_dir: str | Path,
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
         sums = torch.zeros(3, dtype=torch.float64)
-        for x, y, _ in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        for x, aug, y, _ in loader:
+            x = train_set.to_input(x.to(device, non_blocking=True),
+                                   aug.to(device, non_blocking=True))
+            y = y.to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             # Global-batch denominators, so DDP's gradient average equals one process's.

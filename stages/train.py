@@ -12,9 +12,11 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mgpipe.io import write_json_atomic
+from mgpipe.metrics import chance_macro_f1
 from mgpipe.params import load_params
 from mgpipe.train import branch_config, branch_data, train_branch
 
@@ -59,8 +61,16 @@ def main(argv=None) -> int:
         live.end()
         # DVCLive's own summary holds the last epoch; ours (below) holds the best one.
         (metrics_path.with_suffix("") / "metrics.json").unlink(missing_ok=True)
-        write_json_atomic(metrics_path, {"val": {k: best[k] for k in ("macro_f1", "micro_f1", "top5")},
-                                         "best_epoch": best["epoch"]})
+        # How far above chance: val labels shuffled against the best model's predictions.
+        val_logits = np.load(out / "logits.npz")["val_logits"]
+        chance = chance_macro_f1(val_logits.argmax(1), np.asarray(data.val_labels))
+        val = {k: best[k] for k in ("macro_f1", "micro_f1", "top5")}
+        val.update(chance_macro_f1=chance["chance_mean"], chance_p95=chance["chance_p95"],
+                   p_value=chance["p_value"])
+        write_json_atomic(metrics_path, {"val": val, "best_epoch": best["epoch"]})
+        print(f"train@{args.branch}: val macro-F1 {val['macro_f1']:.3f} (chance "
+              f"{chance['chance_mean']:.3f}, 95th percentile {chance['chance_p95']:.3f}, "
+              f"p = {chance['p_value']:.4f})", flush=True)
     return 0
 
 

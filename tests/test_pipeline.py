@@ -103,6 +103,8 @@ def test_repro_runs_every_stage(project):
               "cmpl.json", "confusion.json", "train/stcnn.json"):
         assert (project / "metrics" / f).is_file(), f
     assert len(pd.read_csv(project / "metrics/predictions.csv")) == (m.split == "test").sum()
+    val = json.loads((project / "metrics/train/stcnn.json").read_text())["val"]
+    assert 0 < val["p_value"] <= 1 and 0 <= val["chance_macro_f1"] <= val["chance_p95"] <= 1
     import h5py  # every modality holds exactly the manifest's clips (no skips here)
     for f in ("data/interim/keypoints.h5", "data/processed/rgb.h5", "data/processed/heatmaps.h5"):
         with h5py.File(project / f) as h5:

@@ -119,3 +119,24 @@ def test_cuda_amp_channels_last_training(tmp_path, branch):
     assert 0 <= m["macro_f1"] <= 1 and np.isfinite(m["loss"])
     ckpt = torch.load(tmp_path / "best.pt", map_location="cpu", weights_only=True)
     assert all(t.device.type == "cpu" for t in ckpt["model"].values())
+
+
+def test_drop_path_retrain_in_one_process_is_repeatable(tmp_path):
+    """CMPL retrains branches one after another in one process; stochastic depth draws from
+    the global RNG, so the seed must be reset per run for a retrain to repeat the stage."""
+    rng = np.random.default_rng(0)
+    arrays = {f"r{i}": rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8) for i in range(12)}
+    ids, labels = list(arrays), [i % 3 for i in range(12)]
+    data = BranchData("rgb", arrays, 3, ids[:8], labels[:8], ids[8:], labels[8:], ids[8:])
+    cfg = dict(epochs=2, batch_size=4, embed_dim=8, warmup_epochs=0, dropout=0.0,
+               model=dict(hidden_dim=8, depths=[2, 2], num_heads=[1, 2], window_size=[2, 2, 2],
+                          patch_size=[2, 4, 4], stochastic_depth_prob=0.3))
+    train_branch("swin3d", data, cfg, tmp_path / "a", progress=False)
+    train_branch("stcnn", toy_data(), {**TINY, "epochs": 1}, tmp_path / "other", progress=False)
+    torch.rand(1000)  # whatever else the process drew in between
+    train_branch("swin3d", data, cfg, tmp_path / "b", progress=False)
+    la, lb = np.load(tmp_path / "a/logits.npz"), np.load(tmp_path / "b/logits.npz")
+    assert np.array_equal(la["val_logits"], lb["val_logits"])
+    a = torch.load(tmp_path / "a/last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b/last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
