@@ -30,7 +30,7 @@ SHAPES = {
         "posec3d": ("heatmap", (68, 16, 32, 32), dict(base_channels=8, stage_blocks=(1, 1, 1), stem_stride=2), {}),
         "r2plus1d": ("rgb", (8, 48, 48, 3), dict(widths=(16, 32, 64, 128), layers=(1, 1, 1, 1)), {}),
         "swin3d": ("rgb", (8, 48, 48, 3), dict(hidden_dim=24, depths=(1, 1, 1), num_heads=(1, 2, 4),
-                                               window_size=(4, 4, 4), patch_size=(2, 4, 4)), {}),
+                                               window_size=(4, 3, 3), patch_size=(2, 8, 8)), {}),
     },
     "paper": {
         "stcnn": ("joints", (120, 68, 3), {}, dict(frames=48)),

@@ -37,7 +37,7 @@ DEMO_PROFILE: dict[str, dict] = {
     "posec3d": dict(base_channels=8, stage_blocks=(1, 1, 1), stem_stride=2),
     "r2plus1d": dict(widths=(16, 32, 64, 128), layers=(1, 1, 1, 1)),
     "swin3d": dict(hidden_dim=24, depths=(1, 1, 1), num_heads=(1, 2, 4),
-                   window_size=(4, 4, 4), patch_size=(2, 4, 4), stochastic_depth_prob=0.0),
+                   window_size=(4, 3, 3), patch_size=(2, 8, 8), stochastic_depth_prob=0.0),
 }
 
 
