@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from mgpipe.data import ClipDataset
 from mgpipe.losses import total_loss
 from mgpipe.models import build_model
+from mgpipe.train import prefetch_to_device
 
 # (modality, stored array shape per clip, model size params) per branch and scale
 SHAPES = {
@@ -93,6 +94,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each; medians are shown")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (GPU; slow to start)")
     ap.add_argument("--only", default=None,
                     help="comma-separated variants to run, e.g. bf16+cl+compile (default: all)")
@@ -135,8 +137,12 @@ def main() -> None:
                     for x, aug, y, _ in loader]
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            model_only = timed(step, real, device)
-            with_loader = timed(loader_step, (((x, aug), y) for x, aug, y, _ in loader), device)
+            # alternate the two and keep the medians: short runs on a shared machine are noisy
+            runs = np.array([(timed(step, real, device),
+                              timed(loader_step, (((x, aug), y) for x, aug, y, _
+                                                  in prefetch_to_device(loader, device)), device))
+                             for _ in range(args.repeats)])
+            model_only, with_loader = np.median(runs, axis=0)
             peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
                     else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
             print(f"{branch:9} {name + ' model only':22} {model_only:9.1f} {1.0:13.2f} {peak:9.0f}")

@@ -107,22 +107,29 @@ def model_input(x: torch.Tensor, aug: torch.Tensor, modality: str,
     flip = aug[:, 0] > 0.5
     if modality == "joints":
         return _joints_input(x.float(), aug, flip, motion)
+    if modality not in ("heatmap", "rgb"):
+        raise ValueError(f"unknown modality {modality!r}")
+    # Time shift and (heatmaps) the left/right channel swap: one gather on the uint8 batch.
+    n, t = x.shape[0], x.shape[2 if modality == "heatmap" else 1]
+    rows = torch.arange(n, device=x.device)
+    shift = aug[:, 5].round().long()
+    times = (torch.arange(t, device=x.device) + shift[:, None]).clamp_(0, t - 1)
+    swap = modality == "heatmap" and channel_flip is not None and bool(flip.any())
+    if modality == "heatmap" and (swap or shift.any()):
+        k = x.shape[1]
+        chans = torch.arange(k, device=x.device).expand(n, k)
+        if swap:
+            chans = torch.where(flip[:, None], channel_flip.to(x.device)[None], chans)
+        x = x[rows[:, None, None], chans[:, :, None], times[:, None, :]]
+    elif modality == "rgb" and shift.any():
+        x = x[rows[:, None], times]
     if modality == "heatmap":
         x = x.float().div_(255)
-        if channel_flip is not None and flip.any():
-            swapped = x[:, channel_flip.to(x.device)]
-            x = torch.where(flip.view(-1, 1, 1, 1, 1), swapped, x)
-    elif modality == "rgb":
+    else:
         mean = torch.as_tensor(RGB_MEAN, device=x.device).view(1, 3, 1, 1, 1)
         std = torch.as_tensor(RGB_STD, device=x.device).view(1, 3, 1, 1, 1)
         x = (x.permute(0, 4, 1, 2, 3).float().div_(255) - mean) / std
-    else:
-        raise ValueError(f"unknown modality {modality!r}")
     n, c, t, h, w = x.shape
-    shift = aug[:, 5].round().long()
-    if shift.any():
-        idx = (torch.arange(t, device=x.device) + shift[:, None]).clamp_(0, t - 1)
-        x = torch.take_along_dim(x, idx.view(n, 1, t, 1, 1), dim=2)
     identity = torch.tensor([1, 0, 1, 0], dtype=aug.dtype, device=aug.device)
     if flip.any() or not torch.equal(aug[:, 1:5], identity.expand(n, 4)):
         theta = torch.zeros(n, 2, 3, device=x.device)

@@ -127,6 +127,34 @@ def _device(cfg: dict, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+def prefetch_to_device(batches, device: torch.device):
+    """Yield each batch (a tuple; its tensors moved to ``device``) while the next one is
+    already being copied on a side CUDA stream, so host-to-device copies overlap the
+    training step. On CPU the batches pass through unchanged."""
+    if device.type != "cuda":
+        yield from batches
+        return
+    stream = torch.cuda.Stream(device)
+
+    def move(batch):
+        with torch.cuda.stream(stream):
+            return tuple(t.to(device, non_blocking=True) if torch.is_tensor(t) else t
+                         for t in batch)
+
+    it = iter(batches)
+    ahead = next(it, None)
+    ahead = move(ahead) if ahead is not None else None
+    while ahead is not None:
+        torch.cuda.current_stream(device).wait_stream(stream)
+        batch = ahead
+        for t in batch:  # memory made on the side stream is used on the main one
+            if torch.is_tensor(t):
+                t.record_stream(torch.cuda.current_stream(device))
+        ahead = next(it, None)
+        ahead = move(ahead) if ahead is not None else None
+        yield batch
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, dataset: ClipDataset, device: torch.device,
             batch_size: int = 32, amp: bool = False, channels_last: bool = False) -> np.ndarray:
@@ -134,8 +162,8 @@ def predict(model: torch.nn.Module, dataset: ClipDataset, device: torch.device,
     model.eval()
     out = []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    for x, aug, _, _ in loader:
-        x = dataset.to_input(x.to(device, non_blocking=True), aug)
+    for x, aug, _, _ in prefetch_to_device(loader, device):
+        x = dataset.to_input(x, aug)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -237,10 +265,8 @@ def train_branch(branch: str, data: BranchData, cfg: dict, out_dir: str | Path,
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
         sums = torch.zeros(3, dtype=torch.float64)
-        for x, aug, y, _ in loader:
-            x = train_set.to_input(x.to(device, non_blocking=True),
-                                   aug.to(device, non_blocking=True))
-            y = y.to(device, non_blocking=True)
+        for x, aug, y, _ in prefetch_to_device(loader, device):
+            x = train_set.to_input(x, aug)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             # Global-batch denominators, so DDP's gradient average equals one process's.

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mgpipe.train import BranchData, GlobalBatchSampler, train_branch
+from mgpipe.train import BranchData, GlobalBatchSampler, prefetch_to_device, train_branch
 
 TINY = dict(epochs=20, batch_size=8, lr=3e-3, warmup_epochs=0, frames=16, embed_dim=16,
             ose_weight=0.1, model={"channels": [16, 16], "strides": [1, 2]}, dropout=0.0)
@@ -140,3 +140,17 @@ def test_drop_path_retrain_in_one_process_is_repeatable(tmp_path):
     a = torch.load(tmp_path / "a/last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "b/last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_prefetch_passes_batches_through_on_cpu():
+    batches = [(torch.ones(3) * i, i) for i in range(4)]
+    out = list(prefetch_to_device(batches, torch.device("cpu")))
+    assert all(a is b for a, b in zip(out, batches))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_prefetch_yields_every_batch_on_the_gpu():
+    batches = [(torch.full((1 << 20,), float(i)).pin_memory(), i) for i in range(5)]
+    out = [(x.sum().item(), x.device.type, i) for x, i in
+           prefetch_to_device(iter(batches), torch.device("cuda"))]
+    assert out == [(float(i << 20), "cuda", i) for i in range(5)]
