@@ -52,7 +52,7 @@ def chance_macro_f1(pred: np.ndarray, labels: np.ndarray, permutations: int = 20
     rows = np.broadcast_to(np.arange(len(shuffled))[:, None], hit.shape)
     tp = np.bincount(rows[hit] * c + np.broadcast_to(pred, hit.shape)[hit],
                      minlength=len(shuffled) * c).reshape(len(shuffled), c)
-    f1 = (2 * tp / (n_pred + n_true))[:, present].mean(1)  # n_true > 0 for present classes
+    f1 = (2 * tp[:, present] / (n_pred + n_true)[present]).mean(1)  # n_true > 0 here
     observed, null = float(f1[0]), f1[1:]
     return {"macro_f1": observed, "chance_mean": float(null.mean()),
             "chance_p95": float(np.quantile(null, 0.95)),
