@@ -3,7 +3,8 @@
 For each branch, clips/s of training steps fed (a) by the DataLoader over ClipDataset (the
 stored arrays, moved to the device and augmented there per batch, as train_branch runs it)
 and (b) by the same batches already augmented on the device (the model alone), in one run;
-prints the loader's cost as a ratio (goal: the loader costs < 10%). On a GPU it also compares fp32 / bf16 autocast /
+prints the loader's cost as a ratio (goal: the loader costs < 10%), and how much of it is
+the augmentation itself (stored batches already on the device, augmented in the step). On a GPU it also compares fp32 / bf16 autocast /
 channels-last / torch.compile, and reports peak memory per branch.
 
     python bench/train.py                      # demo scale, CPU
@@ -137,17 +138,23 @@ def main() -> None:
                     for x, aug, y, _ in loader]
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            # alternate the two and keep the medians: short runs on a shared machine are noisy
+            # stored batches already on the device: the step augments them (no loading)
+            stored = [((x.to(device), aug.to(device)), y.to(device)) for x, aug, y, _ in loader]
+            # alternate the three and keep the medians: short runs on a shared machine are noisy
             runs = np.array([(timed(step, real, device),
+                              timed(loader_step, stored, device),
                               timed(loader_step, (((x, aug), y) for x, aug, y, _
                                                   in prefetch_to_device(loader, device)), device))
                              for _ in range(args.repeats)])
-            model_only, with_loader = np.median(runs, axis=0)
+            model_only, with_aug, with_loader = np.median(runs, axis=0)
             peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
                     else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
             print(f"{branch:9} {name + ' model only':22} {model_only:9.1f} {1.0:13.2f} {peak:9.0f}")
+            print(f"{branch:9} {name + ' augment only':22} {with_aug:9.1f} "
+                  f"{with_aug / model_only:13.2f}")
             print(f"{branch:9} {name + ' real loader':22} {with_loader:9.1f} "
-                  f"{with_loader / model_only:13.2f}   loader cost {100 * (1 - with_loader / model_only):.0f}%")
+                  f"{with_loader / model_only:13.2f}   loader cost {100 * (1 - with_loader / model_only):.0f}%"
+                  f" (augmentation {100 * (1 - with_aug / model_only):.0f}%)")
 
 
 if __name__ == "__main__":
