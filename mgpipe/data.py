@@ -100,13 +100,19 @@ def model_input(x: torch.Tensor, aug: torch.Tensor, modality: str,
          input at (scale * u + shift) in normalised coords u in [-1, 1] (a crop, resized),
          mirrored when flipped; time_shift moves frames by whole frames (edges repeat).
     channel_flip: heatmap channel permutation applied to flipped clips (left/right swap).
+    Which steps run is decided on a host copy of ``aug``: keep ``aug`` on the CPU (the
+    training loop does) and a GPU batch needs no device-to-host synchronisation.
     Returns joints [N, C, T, 68] (C = 3, or 5 with motion), heatmap [N, K, T, H, W],
     rgb [N, 3, T, H, W] normalised with ``RGB_MEAN`` / ``RGB_STD``.
     """
-    aug = aug.to(x.device, torch.float32)
+    host = aug.detach().to("cpu", torch.float32)  # no copy when already on the CPU
+    any_flip = bool((host[:, 0] > 0.5).any())
+    any_shift = bool(host[:, 5].round().any())
+    any_crop = not torch.equal(host[:, 1:5], torch.tensor([1.0, 0, 1, 0]).expand(len(host), 4))
+    aug = aug.to(x.device, torch.float32, non_blocking=True)
     flip = aug[:, 0] > 0.5
     if modality == "joints":
-        return _joints_input(x.float(), aug, flip, motion)
+        return _joints_input(x.float(), aug, flip if any_flip else None, motion)
     if modality not in ("heatmap", "rgb"):
         raise ValueError(f"unknown modality {modality!r}")
     # Time shift and (heatmaps) the left/right channel swap: one gather on the uint8 batch.
@@ -114,14 +120,14 @@ def model_input(x: torch.Tensor, aug: torch.Tensor, modality: str,
     rows = torch.arange(n, device=x.device)
     shift = aug[:, 5].round().long()
     times = (torch.arange(t, device=x.device) + shift[:, None]).clamp_(0, t - 1)
-    swap = modality == "heatmap" and channel_flip is not None and bool(flip.any())
-    if modality == "heatmap" and (swap or shift.any()):
+    swap = modality == "heatmap" and channel_flip is not None and any_flip
+    if modality == "heatmap" and (swap or any_shift):
         k = x.shape[1]
         chans = torch.arange(k, device=x.device).expand(n, k)
         if swap:
             chans = torch.where(flip[:, None], channel_flip.to(x.device)[None], chans)
         x = x[rows[:, None, None], chans[:, :, None], times[:, None, :]]
-    elif modality == "rgb" and shift.any():
+    elif modality == "rgb" and any_shift:
         x = x[rows[:, None], times]
     if modality == "heatmap":
         x = x.float().div_(255)
@@ -130,8 +136,7 @@ def model_input(x: torch.Tensor, aug: torch.Tensor, modality: str,
         std = torch.as_tensor(RGB_STD, device=x.device).view(1, 3, 1, 1, 1)
         x = (x.permute(0, 4, 1, 2, 3).float().div_(255) - mean) / std
     n, c, t, h, w = x.shape
-    identity = torch.tensor([1, 0, 1, 0], dtype=aug.dtype, device=aug.device)
-    if flip.any() or not torch.equal(aug[:, 1:5], identity.expand(n, 4)):
+    if any_flip or any_crop:
         theta = torch.zeros(n, 2, 3, device=x.device)
         theta[:, 0, 0] = torch.where(flip, -aug[:, 1], aug[:, 1])
         theta[:, 0, 2] = aug[:, 2]
@@ -143,9 +148,10 @@ def model_input(x: torch.Tensor, aug: torch.Tensor, modality: str,
     return x.contiguous()
 
 
-def _joints_input(x: torch.Tensor, aug: torch.Tensor, flip: torch.Tensor, motion: bool):
-    """[N, T, 68, 3] normalised joints -> [N, C, T, 68]; unseen joints (score 0) stay 0."""
-    if flip.any():
+def _joints_input(x: torch.Tensor, aug: torch.Tensor, flip: torch.Tensor | None, motion: bool):
+    """[N, T, 68, 3] normalised joints -> [N, C, T, 68]; unseen joints (score 0) stay 0.
+    ``flip``: [N] bool, clips to mirror (None: none is)."""
+    if flip is not None:
         mirrored = x[:, :, torch.as_tensor(layout.flip_index(), device=x.device)]
         mirrored[..., 0] = -mirrored[..., 0]
         x = torch.where(flip.view(-1, 1, 1, 1), mirrored, x)

@@ -127,10 +127,11 @@ def _device(cfg: dict, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def prefetch_to_device(batches, device: torch.device):
-    """Yield each batch (a tuple; its tensors moved to ``device``) while the next one is
-    already being copied on a side CUDA stream, so host-to-device copies overlap the
-    training step. On CPU the batches pass through unchanged."""
+def prefetch_to_device(batches, device: torch.device, host: tuple[int, ...] = ()):
+    """Yield each batch (a tuple; its tensors moved to ``device``, except those at the
+    positions in ``host``) while the next one is already being copied on a side CUDA
+    stream, so host-to-device copies overlap the training step. On CPU the batches pass
+    through unchanged."""
     if device.type != "cuda":
         yield from batches
         return
@@ -138,8 +139,9 @@ def prefetch_to_device(batches, device: torch.device):
 
     def move(batch):
         with torch.cuda.stream(stream):
-            return tuple(t.to(device, non_blocking=True) if torch.is_tensor(t) else t
-                         for t in batch)
+            return tuple(t.to(device, non_blocking=True)
+                         if torch.is_tensor(t) and i not in host else t
+                         for i, t in enumerate(batch))
 
     it = iter(batches)
     ahead = next(it, None)
@@ -148,7 +150,7 @@ def prefetch_to_device(batches, device: torch.device):
         torch.cuda.current_stream(device).wait_stream(stream)
         batch = ahead
         for t in batch:  # memory made on the side stream is used on the main one
-            if torch.is_tensor(t):
+            if torch.is_tensor(t) and t.is_cuda:
                 t.record_stream(torch.cuda.current_stream(device))
         ahead = next(it, None)
         ahead = move(ahead) if ahead is not None else None
@@ -162,7 +164,7 @@ def predict(model: torch.nn.Module, dataset: ClipDataset, device: torch.device,
     model.eval()
     out = []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    for x, aug, _, _ in prefetch_to_device(loader, device):
+    for x, aug, _, _ in prefetch_to_device(loader, device, host=(1,)):  # aug stays on the CPU
         x = dataset.to_input(x, aug)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -265,7 +267,7 @@ def train_branch(branch: str, data: BranchData, cfg: dict, out_dir: str | Path,
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
         sums = torch.zeros(3, dtype=torch.float64)
-        for x, aug, y, _ in prefetch_to_device(loader, device):
+        for x, aug, y, _ in prefetch_to_device(loader, device, host=(1,)):  # aug: see model_input
             x = train_set.to_input(x, aug)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last_3d)

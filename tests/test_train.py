@@ -154,3 +154,6 @@ def test_cuda_prefetch_yields_every_batch_on_the_gpu():
     out = [(x.sum().item(), x.device.type, i) for x, i in
            prefetch_to_device(iter(batches), torch.device("cuda"))]
     assert out == [(float(i << 20), "cuda", i) for i in range(5)]
+    kept = [x.device.type for _, x in prefetch_to_device([(torch.ones(2), torch.ones(2))] * 2,
+                                                         torch.device("cuda"), host=(1,))]
+    assert kept == ["cpu", "cpu"]
