@@ -154,3 +154,18 @@ def flip_bone_index(bones: list[tuple[int, int]] | None = None) -> np.ndarray:
     p = flip_index()
     where = {frozenset(b): i for i, b in enumerate(bones)}
     return np.array([where[frozenset((p[i], p[j]))] for i, j in bones], np.int64)
+
+
+def clean_keypoints(kp: np.ndarray) -> tuple[np.ndarray, int]:
+    """Keypoints [..., 68, 3] with every non-finite entry made harmless: a keypoint whose x, y
+    or score is NaN/inf (or whose score is negative) gets (0, 0, 0), i.e. unseen.
+
+    Called wherever keypoints enter the pipeline (provided by a dataset, or a detector), so
+    one NaN cannot reach a model. Returns (cleaned float32 copy, number of keypoints cleaned).
+    """
+    kp = np.array(kp, dtype=np.float32, copy=True)
+    bad = ~np.isfinite(kp).all(-1) | (np.nan_to_num(kp[..., 2], nan=0.0) < 0)
+    n = int(bad.sum())
+    if n:
+        kp[bad] = 0.0
+    return kp, n
