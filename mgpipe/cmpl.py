@@ -26,8 +26,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from mgpipe.fusion import calibrated_probs, fit_temperature
-from mgpipe.io import write_csv_atomic, write_json_atomic
+from mgpipe.fusion import aligned, calibrated_probs, fit_temperature
+from mgpipe.io import read_manifest, write_csv_atomic, write_json_atomic
 from mgpipe.pseudo import select_pseudo_labels
 
 
@@ -41,46 +41,55 @@ def _sha1(path: Path) -> str:
 
 
 def round_signature(cfg: dict, train_params: dict, round0: dict[str, Path], manifest: Path,
-                    round_index: int) -> str:
-    """Changes when anything round ``round_index`` depends on changes (params other than
-    the number of rounds, round-0 models, the manifest)."""
+                    round_index: int, code: str = "") -> str:
+    """Changes when anything round ``round_index`` depends on changes: params other than
+    the number of rounds, round-0 models, the manifest, and ``code`` (a fingerprint of the
+    code that runs the round, ``provenance.code_fingerprint``)."""
     c = {k: v for k, v in cfg.items() if k != "rounds"}
     blob = json.dumps({"cmpl": c, "train": train_params, "round": round_index,
                        "round0": {b: _sha1(p) for b, p in sorted(round0.items())},
-                       "manifest": _sha1(manifest)}, sort_keys=True, default=str)
+                       "manifest": _sha1(manifest), "code": code}, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()
 
 
-def calibrate(logits: dict[str, dict], val_labels: np.ndarray) -> tuple[dict, dict]:
-    """Per branch: temperature fitted on validation, and calibrated test probabilities."""
+def calibrate(logits: dict[str, dict], val_ids: list[str], val_labels: np.ndarray,
+              test_ids: list[str]) -> tuple[dict, dict]:
+    """Per branch: temperature fitted on the validation clips it has, and its calibrated
+    test probabilities [len(test_ids), C] (NaN rows: test clips the branch skipped)."""
     temps, probs = {}, {}
     for b, z in logits.items():
-        temps[b] = fit_temperature(z["val_logits"], val_labels)
-        probs[b] = calibrated_probs(z["test_logits"], temps[b])
+        val = aligned(z["val_ids"], z["val_logits"], val_ids)
+        seen = ~np.isnan(val).any(1)
+        temps[b] = fit_temperature(val[seen], val_labels[seen])
+        probs[b] = calibrated_probs(aligned(z["test_ids"], z["test_logits"], test_ids), temps[b])
     return temps, probs
 
 
-def pseudo_labels_for_round(logits: dict[str, dict], val_labels: np.ndarray, cfg: dict,
-                            train_counts: np.ndarray) -> tuple[dict[str, pd.DataFrame], dict]:
+def pseudo_labels_for_round(logits: dict[str, dict], val_ids: list[str], val_labels: np.ndarray,
+                            test_ids: list[str], cfg: dict, train_counts: np.ndarray
+                            ) -> tuple[dict[str, pd.DataFrame], dict]:
     """Pseudo-labels per branch (DataFrames of clip_id, label index, confidence) from the
-    previous round's logits, and the temperatures used."""
-    temps, probs = calibrate(logits, val_labels)
-    test_ids = next(iter(logits.values()))["test_ids"]
+    previous round's logits, and the temperatures used. A branch only gets test clips it
+    has the input of (it cannot train on the others)."""
+    temps, probs = calibrate(logits, val_ids, val_labels, test_ids)
     out = {}
     for b in logits:
+        has = set(map(str, logits[b]["test_ids"]))
         idx, lab, conf = select_pseudo_labels(
             probs, b, cfg.get("source", "others"), float(cfg.get("threshold", 0.9)),
             int(cfg.get("min_agree", 2)), cfg.get("max_per_class"), cfg.get("class_fraction"),
-            train_counts, cfg.get("weights"))
-        out[b] = pd.DataFrame({"clip_id": np.asarray(test_ids)[idx], "label": lab,
+            train_counts, cfg.get("weights"), candidates=np.array([c in has for c in test_ids]))
+        out[b] = pd.DataFrame({"clip_id": np.asarray(test_ids, dtype=object)[idx], "label": lab,
                                "confidence": np.round(conf, 6)})
     return out, temps
 
 
 def run_cmpl(cfg: dict, branches: list[str], round0: dict[str, Path], manifest_path: Path,
              classes: list[str], out_dir: Path, train_params: dict,
-             retrain: Callable[[str, dict[str, int], Path], None], log=print) -> list[dict]:
-    """Run ``cfg['rounds']`` rounds; reuse finished rounds whose signature matches.
+             retrain: Callable[[str, dict[str, int], Path], None], log=print,
+             code: str = "") -> list[dict]:
+    """Run ``cfg['rounds']`` rounds; reuse finished rounds whose signature matches (same
+    params, round-0 models, manifest and ``code`` fingerprint).
 
     round0: branch -> round-0 logits.npz; retrain(branch, {clip_id: label}, out_dir) trains
     one branch from scratch with extra pseudo-labelled clips and writes its logits.npz.
@@ -88,25 +97,28 @@ def run_cmpl(cfg: dict, branches: list[str], round0: dict[str, Path], manifest_p
     """
     out_dir = Path(out_dir)
     rounds = int(cfg.get("rounds", 0))
-    m = pd.read_csv(manifest_path, keep_default_na=False)
+    m = read_manifest(manifest_path)
     index = {c: i for i, c in enumerate(classes)}
-    val_labels = np.array([index[x] for x in m[m.split == "val"].label])
+    val = m[m.split == "val"]
+    val_ids, val_labels = list(val.clip_id), np.array([index[x] for x in val.label], np.int64)
+    test_ids = list(m[m.split == "test"].clip_id)
     train_counts = np.bincount([index[x] for x in m[m.split == "train"].label],
                                minlength=len(classes))
     paths = {0: dict(round0)}
     summaries = []
     for r in range(1, rounds + 1):
         rdir = out_dir / f"round{r}"
-        sig = round_signature(cfg, train_params, round0, manifest_path, r)
+        sig = round_signature(cfg, train_params, round0, manifest_path, r, code)
         done = rdir / "done.json"
         if done.is_file() and json.loads(done.read_text()).get("signature") == sig:
-            log(f"cmpl: round {r} already done (same inputs), reused")
+            log(f"cmpl: round {r} already done (same params, inputs and code), reused")
             summaries.append(json.loads(done.read_text())["summary"])
             paths[r] = {b: rdir / b / "logits.npz" for b in branches}
             continue
         shutil.rmtree(rdir, ignore_errors=True)  # a half-finished or stale round: redo it
         logits = {b: load_logits(paths[r - 1][b]) for b in branches}
-        pseudo, temps = pseudo_labels_for_round(logits, val_labels, cfg, train_counts)
+        pseudo, temps = pseudo_labels_for_round(logits, val_ids, val_labels, test_ids, cfg,
+                                               train_counts)
         kept = {}
         for b in branches:
             p = pseudo[b]

@@ -33,13 +33,14 @@ MODALITY_OF = {"stcnn": "joints", "posec3d": "heatmap", "r2plus1d": "rgb", "swin
 
 def read_h5_clips(path: str | Path, clip_ids: Sequence[str], modality: str) -> dict[str, np.ndarray]:
     """All listed clips of one stage output as arrays (in memory). A clip missing from the
-    file raises KeyError naming the file: the stage that wrote it recorded it as skipped."""
+    file raises KeyError naming the file (``train.branch_data`` lists only clips present:
+    clips an earlier stage skipped are recorded in its ``*_skipped.csv``)."""
     out = {}
     with h5py.File(path, "r") as f:
         for cid in clip_ids:
             if cid not in f:
-                raise KeyError(f"{path}: no clip {cid!r}; rerun the stage that writes it "
-                               f"(dvc repro) or check data/interim/skipped.csv")
+                raise KeyError(f"{path}: no clip {cid!r}; the file is older than the manifest: "
+                               f"rerun the stage that writes it (dvc repro)")
             node = f[cid]
             out[cid] = (node["kp"] if modality == "joints" else node)[()]
     return out
@@ -47,15 +48,17 @@ def read_h5_clips(path: str | Path, clip_ids: Sequence[str], modality: str) -> d
 
 def normalize_joints(kp: np.ndarray, min_score: float = 0.05) -> np.ndarray:
     """Keypoints [T, 68, 3] in pixels -> [T, 68, 3] with x, y centred on the clip's skeleton
-    box and scaled by its larger side / 2 (so roughly in [-1, 1]); unseen joints are 0."""
-    seen = kp[..., 2] > min_score
+    box and scaled by its larger side / 2 (so roughly in [-1, 1]); unseen joints are 0, and
+    so are joints with a non-finite coordinate or score."""
+    seen = (kp[..., 2] > min_score) & np.isfinite(kp).all(-1)
     out = np.zeros_like(kp, dtype=np.float32)
     if not seen.any():
         return out
     xy = kp[..., :2][seen]
     lo, hi = xy.min(0), xy.max(0)
     centre, half = (lo + hi) / 2, max(float((hi - lo).max()) / 2, 1.0)
-    out[..., :2] = np.where(seen[..., None], (kp[..., :2] - centre) / half, 0)
+    with np.errstate(invalid="ignore"):  # unseen rows may hold NaN; np.where drops them
+        out[..., :2] = np.where(seen[..., None], (kp[..., :2] - centre) / half, 0)
     out[..., 2] = np.where(seen, kp[..., 2], 0)
     return out
 

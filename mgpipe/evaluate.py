@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from mgpipe.cmpl import load_logits
-from mgpipe.fusion import calibrated_probs, fit_temperature, fit_weights, fuse
+from mgpipe.fusion import aligned, calibrated_probs, fit_temperature, fit_weights, fuse
 from mgpipe.metrics import classification_metrics
 from mgpipe.pseudo import pseudo_label_report
 
@@ -23,21 +23,35 @@ def hidden_test_labels(path: str | Path, test_ids, classes: list[str]) -> np.nda
 
 
 def _metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
+    """Metrics over every clip with a known label; a clip with no prediction (NaN row) counts
+    as wrong, never as absent."""
     known = labels >= 0
-    return {k: round(v, 4) for k, v in classification_metrics(probs[known], labels[known]).items()}
+    out = {k: round(v, 4) for k, v in classification_metrics(probs[known], labels[known]).items()}
+    out["unpredicted"] = int(np.isnan(probs[known]).any(1).sum())
+    return out
 
 
-def evaluate_round(logits: dict[str, dict], val_labels: np.ndarray, test_labels: np.ndarray,
-                   weights="equal", temperature: bool = True) -> dict:
-    """Per-branch and fused metrics for one round's logits.
+def evaluate_round(logits: dict[str, dict], val_ids: list[str], val_labels: np.ndarray,
+                   test_ids: list[str], test_labels: np.ndarray, weights="equal",
+                   temperature: bool = True) -> dict:
+    """Per-branch and fused metrics for one round's logits, over every clip of the manifest.
 
-    logits: branch -> {val_logits [Nv, C], test_logits [N, C], ...}; weights: "equal",
-    "fit" (maximise validation macro-F1) or {branch: w}. Returns temperatures, weights,
-    val/test metrics per branch and fused, and the fused test probabilities."""
-    temps = {b: fit_temperature(z["val_logits"], val_labels) if temperature else 1.0
-             for b, z in logits.items()}
-    val_p = {b: calibrated_probs(z["val_logits"], temps[b]) for b, z in logits.items()}
-    test_p = {b: calibrated_probs(z["test_logits"], temps[b]) for b, z in logits.items()}
+    logits: branch -> {val_ids, val_logits [Nv_b, C], test_ids, test_logits [N_b, C]} holding
+    the clips the branch has; a clip a branch skipped is fused over the branches that have it,
+    and a clip no branch has counts as wrong. val_labels / test_labels: class index per id of
+    val_ids / test_ids (-1 = unknown). weights: "equal", "fit" (maximise validation macro-F1)
+    or {branch: w}. Returns temperatures, weights, val/test metrics per branch and fused, the
+    calibrated test probabilities per branch and fused (NaN rows: no prediction)."""
+    val_z = {b: aligned(z["val_ids"], z["val_logits"], val_ids) for b, z in logits.items()}
+    test_z = {b: aligned(z["test_ids"], z["test_logits"], test_ids) for b, z in logits.items()}
+
+    def temp(z: np.ndarray) -> float:
+        seen = ~np.isnan(z).any(1) & (val_labels >= 0)
+        return fit_temperature(z[seen], val_labels[seen]) if temperature else 1.0
+
+    temps = {b: temp(z) for b, z in val_z.items()}
+    val_p = {b: calibrated_probs(z, temps[b]) for b, z in val_z.items()}
+    test_p = {b: calibrated_probs(z, temps[b]) for b, z in test_z.items()}
     if weights == "fit":
         w = fit_weights(val_p, val_labels)
     elif weights == "equal" or weights is None:
@@ -60,28 +74,45 @@ def evaluate_round(logits: dict[str, dict], val_labels: np.ndarray, test_labels:
 def evaluate_rounds(rounds: dict, manifest: pd.DataFrame, classes: list[str],
                     test_labels_path: str | Path, cmpl_dir: str | Path, weights="equal",
                     temperature: bool = True) -> tuple[list[dict], np.ndarray, list[str]]:
-    """Evaluate every CMPL round listed in models/cmpl/rounds.json, with the pseudo-label
-    report of each round against the hidden labels. Returns (per-round results, hidden test
-    labels, test clip ids)."""
+    """Evaluate every CMPL round listed in models/cmpl/rounds.json over all the manifest's
+    val and test clips, with the pseudo-label report of each round against the hidden labels.
+    Returns (per-round results, hidden test labels, test clip ids)."""
     index = {c: i for i, c in enumerate(classes)}
-    val_labels = np.array([index[x] for x in manifest[manifest.split == "val"].label], np.int64)
+    val = manifest[manifest.split == "val"]
+    val_ids = list(val.clip_id)
+    val_labels = np.array([index[x] for x in val.label], np.int64)
+    test_ids = list(manifest[manifest.split == "test"].clip_id)
+    truth = hidden_test_labels(test_labels_path, test_ids, classes)
+    pos = {c: i for i, c in enumerate(test_ids)}
     results = []
-    test_ids, truth = None, None
     for r in sorted(rounds["logits"], key=int):
         logits = {b: load_logits(p) for b, p in rounds["logits"][r].items()}
-        ids = next(iter(logits.values()))["test_ids"]
-        if truth is None:
-            test_ids, truth = list(ids), hidden_test_labels(test_labels_path, ids, classes)
-        res = evaluate_round(logits, val_labels, truth, weights, temperature)
+        res = evaluate_round(logits, val_ids, val_labels, test_ids, truth, weights, temperature)
         res["round"] = int(r)
         if int(r) > 0:
-            pos = {c: i for i, c in enumerate(test_ids)}
             res["pseudo"] = {}
             for b in logits:
-                p = pd.read_csv(Path(cmpl_dir) / f"round{r}" / f"pseudo_{b}.csv", keep_default_na=False)
+                p = pd.read_csv(Path(cmpl_dir) / f"round{r}" / f"pseudo_{b}.csv",
+                                keep_default_na=False, dtype={"clip_id": str})
                 idx = np.array([pos[c] for c in p.clip_id], np.int64)
                 lab = np.array([index[x] for x in p.label], np.int64)
                 res["pseudo"][b] = pseudo_label_report(idx, lab, truth, len(classes))
         results.append(res)
     return results, truth, test_ids
 
+
+def coverage(z: dict, manifest: pd.DataFrame, reasons: dict[str, str]) -> dict:
+    """How many of the manifest's val and test clips one branch's logits (``z``: val_ids,
+    test_ids) lack, and why (``reasons``: clip_id -> the skip recorded by the stage that
+    dropped the clip)."""
+    entry = {}
+    for split, key in (("val", "val_ids"), ("test", "test_ids")):
+        has = set(map(str, z[key]))
+        missing = [c for c in manifest[manifest.split == split].clip_id if c not in has]
+        why: dict[str, int] = {}
+        for c in missing:
+            reason = reasons.get(c, "not in the branch's input file (no skip recorded)")
+            why[reason] = why.get(reason, 0) + 1
+        entry[f"{split}_missing"] = len(missing)
+        entry[f"{split}_missing_reasons"] = why
+    return entry

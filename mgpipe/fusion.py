@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -74,7 +74,11 @@ def _normalised_weights(names: list[str], weights: Mapping[str, float] | None) -
 
 def fuse(probs: Mapping[str, np.ndarray], weights: Mapping[str, float] | None = None) -> np.ndarray:
     """sum_b w_b probs[b] -> [N, C] for branch probabilities [N, C] of equal shape; ``weights``
-    (branch -> w >= 0) are normalised to sum 1, None = equal. Extra weight keys are ignored."""
+    (branch -> w >= 0) are normalised to sum 1, None = equal. Extra weight keys are ignored.
+
+    A NaN row means the branch has no prediction for that clip (it skipped the clip): the
+    clip is fused over the branches that have it, their weights renormalised; a clip that no
+    branch has (or whose branches all have weight 0) stays a NaN row."""
     if not probs:
         raise ValueError("fuse needs at least one branch")
     names = list(probs)
@@ -82,12 +86,37 @@ def fuse(probs: Mapping[str, np.ndarray], weights: Mapping[str, float] | None = 
     shapes = {b: a.shape for b, a in zip(names, arrays)}
     if any(a.ndim != 2 for a in arrays) or len(set(shapes.values())) != 1:
         raise ValueError(f"all branches need probabilities of one shape [N, C]; got {shapes}")
-    w = _normalised_weights(names, weights)
-    return np.tensordot(w, np.stack(arrays), axes=1)
+    return fuse_stack(_normalised_weights(names, weights), np.stack(arrays))
+
+
+def fuse_stack(w: np.ndarray, stack: np.ndarray) -> np.ndarray:
+    """Weights [B] (summing to 1) x probabilities [B, N, C] -> [N, C], NaN rows = missing
+    (see ``fuse``). Where every branch has the clip this is exactly ``tensordot(w, stack)``."""
+    present = ~np.isnan(stack).any(2)                                  # [B, N]
+    if present.all():
+        return np.tensordot(w, stack, axes=1)
+    mass = np.tensordot(w, present.astype(np.float64), axes=1)         # [N]
+    total = np.tensordot(w, np.where(present[..., None], stack, 0.0), axes=1)
+    out = total / np.where(mass > 0, mass, 1.0)[:, None]
+    out[mass <= 0] = np.nan
+    return out
+
+
+def aligned(ids: Sequence[str], values: np.ndarray, want: Sequence[str]) -> np.ndarray:
+    """Rows of ``values`` [len(ids), C] reordered to the clip ids ``want`` -> [len(want), C]
+    float64, NaN rows for clips missing from ``ids`` (the branch skipped them)."""
+    values = np.asarray(values, dtype=np.float64)
+    pos = {str(c): i for i, c in enumerate(ids)}
+    out = np.full((len(want), values.shape[1] if values.ndim == 2 else 0), np.nan)
+    rows = [(j, pos[str(c)]) for j, c in enumerate(want) if str(c) in pos]
+    if rows:
+        dst, src = map(list, zip(*rows))
+        out[dst] = values[src]
+    return out
 
 
 def _prob_nll(probs: np.ndarray, labels: np.ndarray) -> float:
-    p = probs[np.arange(len(labels)), labels]
+    p = np.nan_to_num(probs[np.arange(len(labels)), labels], nan=0.0)  # no prediction: p = 0
     return float(-np.log(np.clip(p, 1e-12, None)).mean())
 
 
@@ -131,7 +160,7 @@ def fit_weights(val_probs: Mapping[str, np.ndarray], labels: np.ndarray, grid_st
     uniform = np.full(len(names), 1.0 / len(names))
     best_key, best_w = None, uniform
     for w in simplex_grid(len(names), 1.0 / n):
-        fused = np.tensordot(w, stack, axes=1)
+        fused = fuse_stack(w, stack)
         f1 = classification_metrics(fused, labels)["macro_f1"]
         # rounding keeps float noise from breaking exact ties between equivalent points
         key = (-round(f1, 12), round(_prob_nll(fused, labels), 12),

@@ -29,6 +29,33 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             tmp.unlink()
 
 
+SKIP_COLUMNS = ["clip_id", "stage", "reason"]  # every <stage>_skipped.csv
+_TEXT_COLUMNS = ("clip_id", "subject", "split", "label", "video")
+
+
+def read_manifest(path: str | os.PathLike):
+    """data/interim/manifest.csv as a DataFrame; ids and labels stay text (clip "007" is not
+    the number 7) and an empty label stays "" (test clips)."""
+    import pandas as pd
+
+    return pd.read_csv(path, keep_default_na=False, dtype={c: str for c in _TEXT_COLUMNS})
+
+
+def read_skips(paths) -> dict[str, str]:
+    """clip_id -> "stage: reason" from the skipped-clip CSVs among ``paths`` that exist (the
+    first reason recorded for a clip wins)."""
+    import pandas as pd
+
+    out: dict[str, str] = {}
+    for p in paths:
+        if Path(p).is_file() and Path(p).stat().st_size:
+            t = pd.read_csv(p, dtype=str, keep_default_na=False)
+            stage = t["stage"] if "stage" in t else [Path(p).stem.replace("_skipped", "")] * len(t)
+            for cid, st, reason in zip(t["clip_id"], stage, t["reason"]):
+                out.setdefault(cid, f"{st}: {reason}")
+    return out
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -42,3 +69,30 @@ def write_csv_atomic(path: str | os.PathLike, frame) -> None:
     """Write a pandas DataFrame as CSV (no index), atomically."""
     with atomic_path(path, suffix=".csv") as tmp:
         frame.to_csv(tmp, index=False, lineterminator="\n")
+
+
+def save_npz_atomic(path: str | os.PathLike, **arrays) -> None:
+    """``np.savez`` with identical bytes for identical arrays (numpy stamps each member with
+    the current time), written atomically. Loads with ``np.load`` as usual."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    with atomic_path(path, suffix=".npz") as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+        for name, value in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asanyarray(value), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue())
+
+
+def save_torch_atomic(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` atomically, with identical bytes for identical content: saved through
+    a file object, so the archive's inner folder is the fixed "archive" rather than the name
+    of the temporary file."""
+    import torch
+
+    with atomic_path(path, suffix=".pt") as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)

@@ -10,17 +10,26 @@ def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
     if len(labels) == 0:
         return float("nan")
     k = min(k, scores.shape[1])
-    top = np.argsort(-scores, axis=1)[:, :k]
-    return float((top == labels[:, None]).any(1).mean())
+    top = np.argsort(-np.nan_to_num(scores, nan=-np.inf), axis=1)[:, :k]
+    hit = (top == labels[:, None]).any(1) & ~np.isnan(scores).any(1)  # no prediction: a miss
+    return float(hit.mean())
+
+
+def predicted_classes(scores: np.ndarray) -> np.ndarray:
+    """argmax per row of scores [N, C] -> [N] int64; -1 for rows with NaN (no prediction)."""
+    scores = np.asarray(scores)
+    missing = np.isnan(scores).any(1) if scores.size else np.zeros(len(scores), bool)
+    return np.where(missing, -1, np.nan_to_num(scores, nan=0.0).argmax(1) if scores.size else 0)
 
 
 def classification_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """macro_f1 (the headline; averaged over the classes present in ``labels``), micro_f1
-    (= top-1 accuracy for single-label clips) and top5, from scores [N, C] and labels [N]."""
+    (= top-1 accuracy for single-label clips) and top5, from scores [N, C] and labels [N].
+    A row with NaN scores is a clip with no prediction: it counts as wrong."""
     labels = np.asarray(labels)
     if len(labels) == 0:
         return {"macro_f1": float("nan"), "micro_f1": float("nan"), "top5": float("nan")}
-    pred = scores.argmax(1)
+    pred = predicted_classes(scores)
     return {
         "macro_f1": float(f1_score(labels, pred, labels=np.unique(labels), average="macro",
                                    zero_division=0)),

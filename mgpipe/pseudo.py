@@ -11,6 +11,7 @@ from typing import Mapping
 import numpy as np
 
 from mgpipe.fusion import fuse
+from mgpipe.metrics import predicted_classes
 
 
 def select_pseudo_labels(branch_probs: Mapping[str, np.ndarray], target: str,
@@ -18,6 +19,7 @@ def select_pseudo_labels(branch_probs: Mapping[str, np.ndarray], target: str,
                          max_per_class: int | None = None, class_fraction: float | None = None,
                          train_counts: np.ndarray | None = None,
                          weights: Mapping[str, float] | None = None,
+                         candidates: np.ndarray | None = None,
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pseudo-labels for branch ``target`` from calibrated test probabilities [N, C] per branch.
 
@@ -33,6 +35,9 @@ def select_pseudo_labels(branch_probs: Mapping[str, np.ndarray], target: str,
     - Per class c keep the most confident: at most ``max_per_class``, and at most
       ceil(``class_fraction`` * ``train_counts[c]``) (0 for a class with no training clips),
       so head classes do not swamp the pseudo-set; both caps apply when both are given.
+    - A NaN row is a clip that branch has no prediction for (it skipped the clip): it is left
+      out of that branch's fusion and votes. ``candidates`` [N] bool: the clips ``target``
+      can train on (it has their input); others are never selected, and do not use up a cap.
 
     Returns (indices [M] int64 into the N clips, labels [M] int64, confidence [M] float64),
     ordered by confidence descending, ties by index.
@@ -53,9 +58,13 @@ def select_pseudo_labels(branch_probs: Mapping[str, np.ndarray], target: str,
                  None if weights is None else {b: weights[b] for b in used if b in weights})
     n, c = fused.shape
     conf = fused.max(1)
-    cls = fused.argmax(1)
-    votes = sum((np.asarray(branch_probs[b]).argmax(1) == cls).astype(np.int64) for b in names)
-    keep = np.flatnonzero((conf >= threshold) & (votes >= min(min_agree, len(names))))
+    cls = predicted_classes(fused)
+    votes = sum(((predicted_classes(branch_probs[b]) == cls) & (cls >= 0)).astype(np.int64)
+                for b in names)
+    ok = (conf >= threshold) & (votes >= min(min_agree, len(names)))  # NaN conf: never
+    if candidates is not None:
+        ok &= np.asarray(candidates, dtype=bool)
+    keep = np.flatnonzero(ok)
     keep = keep[np.lexsort((keep, -conf[keep]))]  # confidence descending, ties by index
 
     cap = np.full(c, n, dtype=np.int64)

@@ -18,22 +18,27 @@ from sklearn.metrics import f1_score
 
 from mgpipe.io import atomic_path
 
+NO_PREDICTION = "(no prediction)"  # a test clip no branch could see; it counts as wrong
+
 
 def _known(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clips with a known label; a prediction of -1 means none (the clip counts as wrong)."""
     labels = np.asarray(labels, dtype=np.int64)
     preds = np.asarray(preds, dtype=np.int64)
     if labels.shape != preds.shape:
         raise ValueError(f"labels {labels.shape} and preds {preds.shape} differ in shape")
     keep = labels >= 0
     labels, preds = labels[keep], preds[keep]
-    if (labels >= num_classes).any() or (preds < 0).any() or (preds >= num_classes).any():
-        raise ValueError(f"labels/preds outside 0..{num_classes - 1}")
+    if (labels >= num_classes).any() or (preds < -1).any() or (preds >= num_classes).any():
+        raise ValueError(f"labels/preds outside 0..{num_classes - 1} (-1: no prediction)")
     return labels, preds
 
 
 def confusion_counts(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
-    """Counts [C, C], rows = actual, columns = predicted."""
+    """Counts [C, C], rows = actual, columns = predicted; clips with no prediction (-1) are
+    not in the matrix (``confusion_matrix_png`` gives their number)."""
     labels, preds = _known(labels, preds, num_classes)
+    labels, preds = labels[preds >= 0], preds[preds >= 0]
     return np.bincount(labels * num_classes + preds,
                        minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
@@ -75,8 +80,10 @@ def confusion_matrix_png(labels: np.ndarray, preds: np.ndarray, class_names: Seq
                   fontsize=font + 1)
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual (clips)")
-    ax.set_title(f"{title}\n{int(counts.sum())} clips, "
-                 f"accuracy {np.trace(counts) / max(1, counts.sum()):.3f}")
+    none = int((np.asarray(preds)[np.asarray(labels) >= 0] < 0).sum())
+    total = int(counts.sum()) + none
+    ax.set_title(f"{title}\n{total} clips, accuracy {np.trace(counts) / max(1, total):.3f}"
+                 + (f" ({none} with no prediction, counted wrong)" if none else ""))
     _save(fig, path)
 
 
@@ -126,7 +133,7 @@ def confusion_rows(labels: np.ndarray, preds: np.ndarray,
     """One {actual, predicted} record (class names) per clip with a known label: the input of
     DVC's confusion templates (``x: predicted, y: actual``)."""
     labels, preds = _known(labels, preds, len(class_names))
-    return [{"actual": class_names[a], "predicted": class_names[p]}
+    return [{"actual": class_names[a], "predicted": class_names[p] if p >= 0 else NO_PREDICTION}
             for a, p in zip(labels.tolist(), preds.tolist())]
 
 

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from mgpipe.data import ClipDataset
-from mgpipe.io import atomic_path
+from mgpipe.io import save_npz_atomic, save_torch_atomic
 from mgpipe.losses import class_weights, orthonormal_anchors, total_loss
 from mgpipe.metrics import classification_metrics
 from mgpipe.models import build_model
@@ -45,6 +45,7 @@ class BranchData:
     val_labels: list[int]
     test_ids: list[str] = field(default_factory=list)
     heatmap_mode: str = "joint"   # heatmap channels: joints or limbs (decides the flip)
+    missing: dict[str, list[str]] = field(default_factory=dict)  # split -> clips skipped earlier
 
 
 class GlobalBatchSampler:
@@ -182,11 +183,6 @@ def _input_channels(data: BranchData, cfg: dict) -> int | None:
     return None
 
 
-def _save(obj, path: Path) -> None:
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(obj, tmp)
-
-
 def train_branch(branch: str, data: BranchData, cfg: dict, out_dir: str | Path,
                  on_epoch: Callable[[int, dict], None] | None = None, progress: bool = True
                  ) -> dict:
@@ -266,7 +262,7 @@ def train_branch(branch: str, data: BranchData, cfg: dict, out_dir: str | Path,
         net.train()
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
-        sums = torch.zeros(3, dtype=torch.float64)
+        sums = torch.zeros(3, dtype=torch.float64, device=device)  # on the device: no sync per step
         for x, aug, y, _ in prefetch_to_device(loader, device, host=(1,)):  # aug: see model_input
             x = train_set.to_input(x, aug)
             if channels_last:
@@ -283,9 +279,15 @@ def train_branch(branch: str, data: BranchData, cfg: dict, out_dir: str | Path,
             loss.total.backward()
             opt.step()
             sched.step()
-            sums += torch.tensor([loss.total.item(), loss.ce.item(), loss.ose.item()])
+            sums += torch.stack([loss.total.detach(), loss.ce.detach(), loss.ose.detach()]).double()
         if world > 1:  # each process holds its share of the global batch loss
             dist.all_reduce(sums)
+        sums = sums.cpu()
+        if not torch.isfinite(sums).all():
+            raise FloatingPointError(
+                f"{branch} epoch {epoch + 1}: training loss is {float(sums[0])} (not finite); "
+                f"no checkpoint of this epoch was kept. Look for non-finite values in the "
+                f"branch's input, or lower branches.{branch}.lr")
         seen = max(1, len(sampler)) * world
         val_logits = predict(model, val_set, device, cfg["eval_batch_size"], amp, channels_last)
         m = classification_metrics(val_logits, np.asarray(data.val_labels))
@@ -296,11 +298,12 @@ def train_branch(branch: str, data: BranchData, cfg: dict, out_dir: str | Path,
             best, best_metrics = m["macro_f1"], {**m, "epoch": epoch}
         if rank == 0:
             ckpt = {"branch": branch, "epoch": epoch, "model": model.state_dict(),
-                    "optimizer": opt.state_dict(), "metrics": m, "config": _plain(cfg),
+                    "optimizer": opt.state_dict(),
+                    "metrics": {k: v for k, v in m.items() if k != "seconds"}, "config": _plain(cfg),
                     "num_classes": data.num_classes, "modality": data.modality}
-            _save(ckpt, out_dir / "last.pt")
+            save_torch_atomic(ckpt, out_dir / "last.pt")
             if improved:
-                _save(ckpt, out_dir / "best.pt")
+                save_torch_atomic(ckpt, out_dir / "best.pt")
             if on_epoch:
                 on_epoch(epoch, m)
             if progress:
@@ -314,10 +317,9 @@ def train_branch(branch: str, data: BranchData, cfg: dict, out_dir: str | Path,
     if rank == 0:
         val_logits = predict(model, val_set, device, cfg["eval_batch_size"], amp, channels_last)
         test_logits = predict(model, test_set, device, cfg["eval_batch_size"], amp, channels_last)
-        with atomic_path(out_dir / "logits.npz", suffix=".npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, val_ids=np.array(data.val_ids), val_logits=val_logits,
-                         test_ids=np.array(data.test_ids), test_logits=test_logits)
+        save_npz_atomic(out_dir / "logits.npz", val_ids=np.array(data.val_ids),
+                        val_logits=val_logits, test_ids=np.array(data.test_ids),
+                        test_logits=test_logits)
     return best_metrics
 
 
@@ -341,26 +343,41 @@ def branch_config(params: dict, branch: str) -> dict:
 def branch_data(branch: str, manifest, classes: Sequence[str], input_path: str | Path,
                 pseudo: dict[str, int] | None = None) -> BranchData:
     """The clips a branch trains on, from the manifest and its input HDF5 file; ``pseudo``
-    maps test clip ids to pseudo-label indices (CMPL) that join the training set."""
+    maps test clip ids to pseudo-label indices (CMPL) that join the training set.
+
+    Clips an earlier stage skipped (absent from ``input_path``) are left out of every split
+    and listed in ``BranchData.missing``; fusion predicts such test clips from the other
+    branches. Raises ValueError when no training clip is left."""
+    import h5py
+
     from mgpipe.data import MODALITY_OF, read_h5_clips
 
     modality = MODALITY_OF[branch]
     index = {c: i for i, c in enumerate(classes)}
-    tr = manifest[manifest.split == "train"]
-    va = manifest[manifest.split == "val"]
-    te = manifest[manifest.split == "test"]
-    pseudo = pseudo or {}
+    if not Path(input_path).is_file():
+        raise FileNotFoundError(f"{input_path}: input of branch {branch} not found; run the stage "
+                                f"that writes it (dvc repro) or fix branches.{branch}.input")
+    with h5py.File(input_path, "r") as f:
+        def has(cid: str) -> bool:
+            return cid in f and (modality != "joints" or "kp" in f[cid])
+
+        split = {s: manifest[manifest.split == s] for s in ("train", "val", "test")}
+        kept = {s: t[[has(c) for c in t.clip_id]] for s, t in split.items()}
+        missing = {s: sorted(set(split[s].clip_id) - set(kept[s].clip_id)) for s in split}
+        pseudo = {c: y for c, y in (pseudo or {}).items() if has(c)}
+        heatmap_mode = "joint"
+        first = next((c for c in kept["train"].clip_id), None)
+        if modality == "heatmap" and first is not None:
+            heatmap_mode = str(f[first].attrs.get("mode", "joint"))
+    tr, va, te = kept["train"], kept["val"], kept["test"]
+    if tr.empty:
+        raise ValueError(f"{input_path}: none of the {len(split['train'])} training clips is in "
+                         f"the file; check the skipped-clip files of the earlier stages")
     ids = list(tr.clip_id) + list(va.clip_id) + list(te.clip_id)
     arrays = read_h5_clips(input_path, ids, modality)
-    heatmap_mode = "joint"
-    if modality == "heatmap" and ids:
-        import h5py
-
-        with h5py.File(input_path, "r") as f:
-            heatmap_mode = str(f[ids[0]].attrs.get("mode", "joint"))
     return BranchData(
         modality=modality, arrays=arrays, num_classes=len(classes),
         train_ids=list(tr.clip_id) + list(pseudo),
         train_labels=[index[x] for x in tr.label] + list(pseudo.values()),
         val_ids=list(va.clip_id), val_labels=[index[x] for x in va.label],
-        test_ids=list(te.clip_id), heatmap_mode=heatmap_mode)
+        test_ids=list(te.clip_id), heatmap_mode=heatmap_mode, missing=missing)

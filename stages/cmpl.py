@@ -3,7 +3,8 @@
 `cmpl.rounds` rounds (0 = off): each branch is retrained from scratch on train + the test
 clips that the other modalities label confidently (see mgpipe/cmpl.py). Finished rounds are
 kept in models/cmpl (a persistent output): a rerun after an interruption, or with more
-rounds, resumes from the last finished round. Never reads the hidden test labels.
+rounds, resumes from the last finished round whose params, inputs and code (this script and
+the mgpipe modules it imports) are unchanged. Never reads the hidden test labels.
 """
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import json
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 from mgpipe.cmpl import run_cmpl
+from mgpipe.io import read_manifest
 from mgpipe.params import load_params
+from mgpipe.provenance import ROOT, code_fingerprint, import_closure
 from mgpipe.train import branch_config, branch_data, train_branch
 
 
@@ -30,7 +31,7 @@ def main(argv=None) -> int:
     params = load_params(args.params)
     branches = list(params["branches"])
     manifest_path = Path(args.interim) / "manifest.csv"
-    manifest = pd.read_csv(manifest_path, keep_default_na=False)
+    manifest = read_manifest(manifest_path)
     classes = json.loads((Path(args.interim) / "classes.json").read_text())
     round0 = {b: Path(args.models) / b / "logits.npz" for b in branches}
     missing = [str(p) for p in round0.values() if not p.is_file()]
@@ -42,8 +43,11 @@ def main(argv=None) -> int:
         train_branch(branch, data, branch_config(params, branch), out)
 
     train_params = {k: params.get(k) for k in ("train", "loss", "branches")}
-    summaries = run_cmpl(params.get("cmpl", {}), branches, round0, manifest_path, classes,
-                         Path(args.out), train_params, retrain)
+    # the code a round runs is part of its signature: edit it and the round is redone
+    script = Path(__file__).resolve()
+    code = code_fingerprint([script.relative_to(ROOT)] + import_closure(script))
+    summaries = run_cmpl(params["cmpl"], branches, round0, manifest_path, classes,
+                         Path(args.out), train_params, retrain, code=code)
     for s in summaries:
         print(f"cmpl: round {s['round']}: kept {s['kept']}")
     return 0

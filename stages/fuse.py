@@ -4,10 +4,12 @@ Per branch a temperature T_b fitted on the validation subjects (minimum NLL); fu
 probability sum_b w_b softmax(z_b / T_b) with `fuse.weights` (equal, fit on validation, or
 a {branch: w} map). The only stage that reads the hidden test labels. Writes:
   metrics/metrics.json      macro-F1 (headline), micro-F1 (= top-1), top-5; test and val;
-                            per branch and fused; after CMPL and before (round 0)
+                            per branch and fused; after CMPL and before (round 0); per
+                            branch, the clips it had no prediction for and why (coverage)
   metrics/cmpl.json         per round and branch: pseudo-labels kept, per-class counts, their
                             precision against the hidden labels, test F1 before/after
-  metrics/predictions.csv   clip_id, predicted label, fused probability per class
+  metrics/predictions.csv   clip_id, predicted label, the branches that saw the clip, fused
+                            probability per class (empty: no branch saw it; counted wrong)
   metrics/confusion.json, metrics/per_class_f1.json   DVC plot data
   metrics/confusion.png, metrics/per_class_f1.png, metrics/cmpl_rounds.png
 """
@@ -22,9 +24,21 @@ import numpy as np
 import pandas as pd
 
 from mgpipe import report
-from mgpipe.evaluate import evaluate_rounds
-from mgpipe.io import write_csv_atomic, write_json_atomic
+from mgpipe.cmpl import load_logits
+from mgpipe.evaluate import coverage, evaluate_rounds
+from mgpipe.io import read_manifest, read_skips, write_csv_atomic, write_json_atomic
+from mgpipe.metrics import predicted_classes
 from mgpipe.params import load_params
+
+
+def skip_files(branch_input: str, interim: Path) -> list[Path]:
+    """The skipped-clip CSVs that explain a clip missing from a branch's input file: the
+    one beside the input (e.g. heatmaps_skipped.csv), then the keypoints stage's."""
+    files = [interim / "keypoints_skipped.csv"]
+    if branch_input:
+        p = Path(branch_input)
+        files.insert(0, p.with_name(f"{p.stem}_skipped.csv"))
+    return files
 
 
 def main(argv=None) -> int:
@@ -35,9 +49,10 @@ def main(argv=None) -> int:
     ap.add_argument("--cmpl", default="models/cmpl")
     ap.add_argument("--out", default="metrics")
     args = ap.parse_args(argv)
-    cfg = load_params(args.params).get("fuse", {})
+    params = load_params(args.params)
+    cfg = params["fuse"]
     interim, out = Path(args.interim), Path(args.out)
-    manifest = pd.read_csv(interim / "manifest.csv", keep_default_na=False)
+    manifest = read_manifest(interim / "manifest.csv")
     classes = json.loads((interim / "classes.json").read_text())
     rounds = json.loads((Path(args.cmpl) / "rounds.json").read_text())
     results, truth, test_ids = evaluate_rounds(
@@ -49,7 +64,12 @@ def main(argv=None) -> int:
         return {"fused": res["test"]["fused"],
                 "branch": {b: v for b, v in res["test"].items() if b != "fused"}}
 
+    logits = {b: load_logits(p) for b, p in rounds["logits"][str(rounds["rounds"])].items()}
+    reasons = {b: read_skips(skip_files(params["branches"].get(b, {}).get("input", ""), interim))
+               for b in logits}
+    cover = {b: coverage(z, manifest, reasons[b]) for b, z in logits.items()}
     write_json_atomic(out / "metrics.json", {
+        "test_clips": len(test_ids),
         "test": summary(last),
         "test_before_cmpl": summary(first),
         "val": {"fused": last["val"]["fused"],
@@ -57,6 +77,7 @@ def main(argv=None) -> int:
         "cmpl_rounds": rounds["rounds"],
         "temperature": last["temperature"],
         "weight": last["weight"],
+        "coverage": cover,
     })
     cmpl_rows = []
     for prev, res in zip(results, results[1:]):
@@ -71,8 +92,12 @@ def main(argv=None) -> int:
     report.cmpl_rounds_png(cmpl_rows, out / "cmpl_rounds.png")
 
     probs = last["fused_test_probs"]
-    pred = probs.argmax(1)
-    table = pd.DataFrame({"clip_id": test_ids, "predicted": [classes[i] for i in pred]})
+    pred = predicted_classes(probs)  # -1: no branch has the clip (counted wrong)
+    table = pd.DataFrame({
+        "clip_id": test_ids,
+        "predicted": [classes[i] if i >= 0 else "" for i in pred],
+        "branches": [" ".join(b for b, p in last["test_probs"].items() if not np.isnan(p[j]).any())
+                     for j in range(len(test_ids))]})
     for i, c in enumerate(classes):
         table[f"p_{c}"] = np.round(probs[:, i], 5)
     write_csv_atomic(out / "predictions.csv", table)
@@ -84,12 +109,19 @@ def main(argv=None) -> int:
     index = {c: i for i, c in enumerate(classes)}
     support = np.bincount([index[x] for x in manifest[manifest.split == "train"].label],
                           minlength=len(classes))
-    f1 = {b: report.per_class_f1(truth[known], p[known].argmax(1), len(classes))
+    f1 = {b: report.per_class_f1(truth[known], predicted_classes(p[known]), len(classes))
           for b, p in last["test_probs"].items()}
     f1["fused"] = report.per_class_f1(truth[known], pred[known], len(classes))
     write_json_atomic(out / "per_class_f1.json", report.per_class_f1_rows(f1, classes, support))
     report.per_class_f1_png(f1, classes, support, out / "per_class_f1.png")
     t = last["test"]
+    for b, c in cover.items():
+        if c["test_missing"] or c["val_missing"]:
+            print(f"fuse: {b} has no prediction for {c['test_missing']} test and "
+                  f"{c['val_missing']} val clips: {c['test_missing_reasons'] or c['val_missing_reasons']}")
+    if t["fused"]["unpredicted"]:
+        print(f"fuse: {t['fused']['unpredicted']} test clips have no prediction from any branch; "
+              f"they count as wrong")
     print("fuse: test macro-F1 " + ", ".join(f"{b} {v['macro_f1']:.3f}" for b, v in t.items())
           + f" (after {rounds['rounds']} CMPL rounds; before: fused "
           f"{first['test']['fused']['macro_f1']:.3f})")

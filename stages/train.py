@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from mgpipe.io import write_json_atomic
+from mgpipe.io import read_manifest, write_json_atomic
 from mgpipe.metrics import chance_macro_f1
 from mgpipe.params import load_params
 from mgpipe.train import branch_config, branch_data, train_branch
@@ -35,9 +34,20 @@ def main(argv=None) -> int:
         ap.error(f"branch {args.branch!r} is not in params.yaml's branches block")
     out = Path(args.out or f"models/train/{args.branch}")
     metrics_path = Path(args.metrics or f"metrics/train/{args.branch}.json")
-    manifest = pd.read_csv(Path(args.interim) / "manifest.csv", keep_default_na=False)
+    manifest = read_manifest(Path(args.interim) / "manifest.csv")
     classes = json.loads((Path(args.interim) / "classes.json").read_text())
-    data = branch_data(args.branch, manifest, classes, params["branches"][args.branch]["input"])
+    input_path = params["branches"][args.branch]["input"]
+    try:
+        data = branch_data(args.branch, manifest, classes, input_path)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"train@{args.branch}: error: {e}", file=sys.stderr)
+        return 2
+    left_out = {s: ids for s, ids in data.missing.items() if ids}
+    if left_out:  # skipped by an earlier stage: recorded in its *_skipped.csv
+        print(f"train@{args.branch}: left out (not in {input_path}, skipped by an earlier stage; "
+              f"see data/interim/*_skipped.csv, data/processed/*_skipped.csv): "
+              + "; ".join(f"{len(v)} {s} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
+                          for s, v in left_out.items()), flush=True)
     cfg = branch_config(params, args.branch)
     rank = int(os.environ.get("RANK", 0))
     live = None
@@ -56,7 +66,11 @@ def main(argv=None) -> int:
 
     print(f"train@{args.branch}: {len(data.train_ids)} train, {len(data.val_ids)} val, "
           f"{len(data.test_ids)} test clips, {data.num_classes} classes", flush=True)
-    best = train_branch(args.branch, data, cfg, out, on_epoch=log_epoch if live else None)
+    try:
+        best = train_branch(args.branch, data, cfg, out, on_epoch=log_epoch if live else None)
+    except FloatingPointError as e:
+        print(f"train@{args.branch}: error: {e}", file=sys.stderr)
+        return 1
     if rank == 0:
         live.end()
         # DVCLive's own summary holds the last epoch; ours (below) holds the best one.
@@ -67,7 +81,8 @@ def main(argv=None) -> int:
         val = {k: best[k] for k in ("macro_f1", "micro_f1", "top5")}
         val.update(chance_macro_f1=chance["chance_mean"], chance_p95=chance["chance_p95"],
                    p_value=chance["p_value"])
-        write_json_atomic(metrics_path, {"val": val, "best_epoch": best["epoch"]})
+        write_json_atomic(metrics_path, {"val": val, "best_epoch": best["epoch"],
+                                         "clips_left_out": {s: len(v) for s, v in data.missing.items()}})
         print(f"train@{args.branch}: val macro-F1 {val['macro_f1']:.3f} (chance "
               f"{chance['chance_mean']:.3f}, 95th percentile {chance['chance_p95']:.3f}, "
               f"p = {chance['p_value']:.4f})", flush=True)
