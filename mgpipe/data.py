@@ -33,7 +33,7 @@ MODALITY_OF = {"stcnn": "joints", "posec3d": "heatmap", "r2plus1d": "rgb", "swin
 
 def read_h5_clips(path: str | Path, clip_ids: Sequence[str], modality: str) -> dict[str, np.ndarray]:
     """All listed clips of one stage output as arrays (in memory). A clip missing from the
-    file raises KeyError naming the file (``train.branch_data`` lists only clips present:
+    file raises KeyError naming the file (``mgpipe.train.branch_data`` lists only clips present:
     clips an earlier stage skipped are recorded in its ``*_skipped.csv``)."""
     out = {}
     with h5py.File(path, "r") as f:

@@ -71,23 +71,6 @@ def write_csv_atomic(path: str | os.PathLike, frame) -> None:
         frame.to_csv(tmp, index=False, lineterminator="\n")
 
 
-def save_npz_atomic(path: str | os.PathLike, **arrays) -> None:
-    """``np.savez`` with identical bytes for identical arrays (numpy stamps each member with
-    the current time), written atomically. Loads with ``np.load`` as usual."""
-    import io
-    import zipfile
-
-    import numpy as np
-
-    with atomic_path(path, suffix=".npz") as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
-        for name, value in arrays.items():
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.asanyarray(value), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, buf.getvalue())
-
-
 def save_torch_atomic(obj, path: str | os.PathLike) -> None:
     """``torch.save`` atomically, with identical bytes for identical content: saved through
     a file object, so the archive's inner folder is the fixed "archive" rather than the name

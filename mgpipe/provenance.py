@@ -18,7 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]  # the project (or site-packages) fol
 def _imported_modules(path: Path) -> set[str]:
     """Dotted names of the mgpipe modules ``path`` imports anywhere (also inside functions)."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    own = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    try:
+        own = ".".join(path.resolve().relative_to(ROOT).with_suffix("").parts)
+    except ValueError:  # a script outside the project: no relative imports to resolve
+        own = path.stem
     package = own.rsplit(".", 1)[0] if "." in own else ""
     found = set()
     for node in ast.walk(tree):
@@ -63,8 +66,14 @@ def import_closure(script: str | Path) -> list[str]:
 
 
 def code_fingerprint(paths: list[str | Path]) -> str:
-    """sha1 over the names and contents of ``paths`` (relative to the project root)."""
+    """sha1 over the names and contents of ``paths`` (absolute, or relative to the project
+    root). A file counts by its folder and name ("stages/cmpl.py"), so the same code hashes
+    the same wherever the checkout is."""
+    entries = []
+    for p in map(Path, paths):
+        full = p if p.is_absolute() else ROOT / p
+        entries.append(("/".join(full.parts[-2:]), full))
     h = hashlib.sha1()
-    for p in sorted(Path(x).as_posix() for x in paths):
-        h.update(p.encode() + b"\0" + (ROOT / p).read_bytes() + b"\0")
+    for name, full in sorted(entries):
+        h.update(name.encode() + b"\0" + full.read_bytes() + b"\0")
     return h.hexdigest()

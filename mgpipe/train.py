@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from mgpipe.data import ClipDataset
-from mgpipe.io import save_npz_atomic, save_torch_atomic
+from mgpipe.io import atomic_path, save_torch_atomic
 from mgpipe.losses import class_weights, orthonormal_anchors, total_loss
 from mgpipe.metrics import classification_metrics
 from mgpipe.models import build_model
@@ -317,9 +317,9 @@ def train_branch(branch: str, data: BranchData, cfg: dict, out_dir: str | Path,
     if rank == 0:
         val_logits = predict(model, val_set, device, cfg["eval_batch_size"], amp, channels_last)
         test_logits = predict(model, test_set, device, cfg["eval_batch_size"], amp, channels_last)
-        save_npz_atomic(out_dir / "logits.npz", val_ids=np.array(data.val_ids),
-                        val_logits=val_logits, test_ids=np.array(data.test_ids),
-                        test_logits=test_logits)
+        with atomic_path(out_dir / "logits.npz", suffix=".npz") as tmp, open(tmp, "wb") as f:
+            np.savez(f, val_ids=np.array(data.val_ids), val_logits=val_logits,
+                     test_ids=np.array(data.test_ids), test_logits=test_logits)
     return best_metrics
 
 

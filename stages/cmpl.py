@@ -16,7 +16,7 @@ from pathlib import Path
 from mgpipe.cmpl import run_cmpl
 from mgpipe.io import read_manifest
 from mgpipe.params import load_params
-from mgpipe.provenance import ROOT, code_fingerprint, import_closure
+from mgpipe.provenance import code_fingerprint, import_closure
 from mgpipe.train import branch_config, branch_data, train_branch
 
 
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     train_params = {k: params.get(k) for k in ("train", "loss", "branches")}
     # the code a round runs is part of its signature: edit it and the round is redone
     script = Path(__file__).resolve()
-    code = code_fingerprint([script.relative_to(ROOT)] + import_closure(script))
+    code = code_fingerprint([script] + import_closure(script))
     summaries = run_cmpl(params["cmpl"], branches, round0, manifest_path, classes,
                          Path(args.out), train_params, retrain, code=code)
     for s in summaries:

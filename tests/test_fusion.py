@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from mgpipe.fusion import (calibrated_probs, fit_temperature, fit_weights, fuse, nll,
+from mgpipe.fusion import (aligned, calibrated_probs, fit_temperature, fit_weights, fuse, nll,
                            simplex_grid, softmax)
 from mgpipe.metrics import classification_metrics
 
@@ -111,3 +111,50 @@ def test_fit_weights_fallbacks():
     assert fit_weights(p, np.array([0, 1, 0])) == {"a": 0.5, "b": 0.5}
     with pytest.raises(ValueError, match="max_points"):
         fit_weights({f"b{i}": p["a"] for i in range(8)}, np.array([0, 1, 0]), grid_step=0.01)
+
+
+# ---- clips a branch skipped (NaN rows) -------------------------------------------------------
+
+def test_fuse_averages_over_the_branches_that_have_the_clip():
+    a = np.array([[0.9, 0.1], [0.2, 0.8], [np.nan, np.nan]])
+    b = np.array([[0.5, 0.5], [np.nan, np.nan], [np.nan, np.nan]])
+    out = fuse({"a": a, "b": b}, {"a": 3.0, "b": 1.0})
+    np.testing.assert_allclose(out[0], [0.8, 0.2])         # 0.75 * a + 0.25 * b
+    np.testing.assert_allclose(out[1], [0.2, 0.8])         # only a has it: a's own row
+    assert np.isnan(out[2]).all()                          # no branch has it
+    full = {"a": a[:1], "b": b[:1]}                        # nothing missing: unchanged maths
+    assert np.array_equal(fuse(full), np.tensordot([0.5, 0.5], np.stack([a[:1], b[:1]]), axes=1))
+
+
+def test_aligned_puts_rows_under_the_wanted_ids():
+    out = aligned(np.array(["x", "z"]), np.array([[1.0, 2.0], [3.0, 4.0]]), ["z", "y", "x"])
+    assert out.tolist()[0] == [3.0, 4.0] and out.tolist()[2] == [1.0, 2.0]
+    assert np.isnan(out[1]).all()
+
+
+def test_a_clip_with_no_prediction_counts_as_wrong():
+    labels = np.array([0, 1, 1, 0])
+    scores = np.array([[0.9, 0.1], [0.1, 0.9], [np.nan, np.nan], [0.8, 0.2]])
+    m = classification_metrics(scores, labels)
+    assert m["micro_f1"] == 0.75 and m["top5"] == 0.75  # top-5 of 2 classes: all but the NaN row
+    # as if the clip were predicted as a class that is never right
+    assert m["macro_f1"] == pytest.approx((1.0 + 2 / 3) / 2)
+
+
+def test_evaluate_round_scores_every_manifest_clip(tmp_path):
+    """A test clip one branch skipped is fused from the other; one no branch has is wrong."""
+    from mgpipe.evaluate import evaluate_round
+
+    val_ids, test_ids = ["v0", "v1", "v2", "v3"], ["t0", "t1", "t2"]
+    val_labels, test_labels = np.array([0, 1, 0, 1]), np.array([0, 1, 1])
+    good = np.array([[4.0, -4.0], [-4.0, 4.0], [4.0, -4.0], [-4.0, 4.0]])
+    logits = {"a": {"val_ids": np.array(val_ids), "val_logits": good,
+                    "test_ids": np.array(["t0", "t1"]), "test_logits": good[:2]},
+              "b": {"val_ids": np.array(val_ids[:3]), "val_logits": good[:3],
+                    "test_ids": np.array(["t0"]), "test_logits": good[:1]}}
+    res = evaluate_round(logits, val_ids, val_labels, test_ids, test_labels)
+    assert res["test"]["fused"]["micro_f1"] == pytest.approx(2 / 3, abs=1e-4)
+    assert res["test"]["fused"]["unpredicted"] == 1
+    assert res["test"]["b"]["unpredicted"] == 2 and res["test"]["b"]["micro_f1"] == pytest.approx(1 / 3, abs=1e-4)
+    assert res["val"]["b"]["unpredicted"] == 1
+    assert np.isnan(res["fused_test_probs"][2]).all()

@@ -118,3 +118,23 @@ def test_selection_never_sees_labels():
     for x, y in zip(first, second):
         np.testing.assert_array_equal(x, y)
     assert pseudo_label_report(*second[:2], other_hidden, 4) != report
+
+
+def test_skipped_clips_neither_vote_nor_get_selected():
+    """NaN rows: the branch has no prediction for the clip (an earlier stage skipped it)."""
+    nan = [np.nan, np.nan]
+    probs = {"a": np.array([[0.9, 0.1], nan, [0.95, 0.05]]),
+             "b": np.array([[0.9, 0.1], [0.1, 0.9], nan]),
+             "c": np.array([nan, [0.2, 0.8], [0.9, 0.1]])}
+    # target c from a + b: clip 0 both agree; clip 1 only b; clip 2 only a
+    idx, lab, _ = select_pseudo_labels(probs, "c", "others", threshold=0.5, min_agree=1)
+    assert sorted(idx.tolist()) == [0, 1, 2] and lab[np.argsort(idx)].tolist() == [0, 1, 0]
+    # c has no input for clip 0: it cannot train on it
+    idx, _, _ = select_pseudo_labels(probs, "c", "others", threshold=0.5, min_agree=1,
+                                     candidates=np.array([False, True, True]))
+    assert sorted(idx.tolist()) == [1, 2]
+    # min_agree counts only branches that predict the clip
+    idx, _, _ = select_pseudo_labels(probs, "c", "others", threshold=0.5, min_agree=2)
+    assert sorted(idx.tolist()) == [0, 1, 2]
+    idx, _, _ = select_pseudo_labels(probs, "c", "others", threshold=0.5, min_agree=3)
+    assert idx.tolist() == []
