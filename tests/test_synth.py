@@ -228,3 +228,31 @@ def test_interrupted_run_never_looks_finished(tmp_path, monkeypatch):
         synth.generate(cfg, tmp_path, progress=False)
     assert not (tmp_path / "labels.csv").exists()
     assert not [p for p in tmp_path.rglob(".*") if p.is_file()]   # no temporary leftovers
+
+
+def test_repro_with_another_dataset_does_not_generate_the_synthetic_one(tmp_path):
+    """dvc.yaml always lists the synth stage; with dataset.name: csv, `dvc repro` used to
+    spend minutes writing 360 videos nobody reads. Now the stage writes a note."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    for f in ("dvc.yaml", "params.yaml"):
+        shutil.copy(root / f, tmp_path / f)
+    for d in ("stages", "mgpipe"):  # the deps DVC hashes
+        shutil.copytree(root / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["dataset"].update(name="csv", root="data/raw/mine")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro", "synth"]):
+        p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert p.returncode == 0, p.stdout + p.stderr
+    assert "nothing generated" in p.stdout
+    made = sorted(x.name for x in (tmp_path / "data/raw/synth").iterdir())
+    assert made == ["NOT_GENERATED.txt"]
+    assert "dataset.name is 'csv'" in (tmp_path / "data/raw/synth/NOT_GENERATED.txt").read_text()
