@@ -6,14 +6,17 @@ it, probes the videos, splits it by subject and writes the manifest. Switching d
 params change (``dataset.name`` and its block), not a code change.
 
 Table columns every adapter fills: clip_id, subject, label (class name, "" when unknown),
-video (absolute path, "" when the dataset has no video), start_frame, end_frame (frame range
-of the clip in the video, end exclusive; -1 = to the end), split (the dataset's own protocol,
+video (path: ``dataset.root`` joined with the path under it, normalised but not resolved, so
+a relative root gives relative paths and outputs hash the same wherever the data is cloned;
+"" when the dataset has no video), start_frame, end_frame (frame range of the clip in the
+video, end exclusive; -1 = to the end), split (the dataset's own protocol,
 "" when it has none), origin (file and row, for error messages), problem ("" or why the clip
 is unusable, found while reading).
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,11 +58,31 @@ def _table(rows: list[dict]) -> pd.DataFrame:
 
 
 def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` lies under ``root`` once both are resolved (symlinks, ``..``)."""
     try:
         path.resolve().relative_to(root.resolve())
         return True
     except ValueError:
         return False
+
+
+def _video_path(path: Path) -> str:
+    """A video path for the table: normalised (``a/./b/../c`` -> ``a/c``), never resolved, so
+    it stays relative when the dataset root is."""
+    return os.path.normpath(path)
+
+
+def _frame_cell(value, column: str) -> tuple[int | None, str]:
+    """One cell of a frame index -> (index, ""); (None, "") when empty; (None, why) when it
+    is not a whole number >= 0."""
+    text = str(value).strip()
+    if not text:
+        return None, ""
+    if not re.fullmatch(r"[+-]?\d+", text):
+        return None, f"{column} {text!r} is not a whole number"
+    if int(text) < 0:
+        return None, f"{column} {text!r} is negative (frames count from 0)"
+    return int(text), ""
 
 
 # ---- synth ---------------------------------------------------------------------------------
@@ -71,11 +94,11 @@ def load_synth(root: str | Path) -> RawDataset:
     labels = root / "labels.csv"
     if not labels.is_file():
         raise DatasetError(f"{labels}: not found; run `dvc repro synth` to generate the "
-                           f"synthetic dataset, or set dataset.synth.root")
+                           f"synthetic dataset, or set dataset.root to the folder holding it")
     t = pd.read_csv(labels, dtype=str, keep_default_na=False)
     classes = json.loads((root / "classes.json").read_text())
     rows = [dict(clip_id=r.clip_id, subject=r.subject, label=r.label,
-                 video=str((root / r.video).resolve()), start_frame=0, end_frame=-1,
+                 video=_video_path(root / r.video), start_frame=0, end_frame=-1,
                  split=r.split, origin=f"{labels}:{i + 2}", problem="")
             for i, r in enumerate(t.itertuples())]
 
@@ -92,10 +115,12 @@ def load_csv(path: str | Path, root: str | Path | None = None,
     """A CSV of clips: video path, subject, label, optional split (and optional clip_id,
     start_frame, end_frame). Relative video paths resolve against the CSV's folder and must
     stay inside ``root`` (default: the CSV's folder). ``columns`` renames our column names to
-    the CSV's (e.g. ``{"video": "path", "label": "class"}``)."""
+    the CSV's (e.g. ``{"video": "path", "label": "class"}``). Empty frame cells mean the
+    whole video; a frame cell that is not a whole number >= 0 makes the row's problem."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"{path}: dataset CSV not found; set dataset.csv.path")
+        raise DatasetError(f"{path}: dataset CSV not found; set dataset.root (the dataset "
+                           f"folder) and dataset.csv.file (the CSV under it)")
     cols = {"video": "video", "subject": "subject", "label": "label", "split": "split",
             "clip_id": "clip_id", "start_frame": "start_frame", "end_frame": "end_frame"}
     cols.update(columns or {})
@@ -110,29 +135,34 @@ def load_csv(path: str | Path, root: str | Path | None = None,
                            f"(e.g. {{video: path}})")
     base = path.parent
     root = Path(root) if root else base
-    rows = []
-    for i, r in enumerate(t.to_dict("records")):
-        origin = f"{path}:{i + 2}"
-        rel = r[cols["video"]].strip()
-        video = (base / rel) if not Path(rel).is_absolute() else Path(rel)
-        problem = ""
-        if not rel:
-            problem = "empty video path"
-        elif not _inside(video, root):
-            problem = (f"video path {rel!r} escapes the dataset root {root}; "
-                       f"keep videos under the root or set dataset.csv.root")
-        clip_id = r.get(cols["clip_id"], "") or Path(rel).stem
-        start = r.get(cols["start_frame"], "") or 0
-        end = r.get(cols["end_frame"], "") or -1
-        rows.append(dict(clip_id=clip_id, subject=r[cols["subject"]].strip(),
-                         label=r[cols["label"]].strip(), video=str(video.resolve()),
-                         start_frame=int(start), end_frame=int(end),
-                         split=r.get(cols["split"], "").strip().lower(), origin=origin,
-                         problem=problem))
+    rows = [_csv_row(r, cols, base, root, f"{path}:{i + 2}")
+            for i, r in enumerate(t.to_dict("records"))]
     table = _table(rows)
     if not classes:
         classes = sorted(set(table["label"]) - {""})
     return RawDataset("csv", list(classes), table)
+
+
+def _csv_row(r: dict, cols: dict, base: Path, root: Path, origin: str) -> dict:
+    """One CSV record -> a table row; what makes it unusable goes to its ``problem``."""
+    rel = r[cols["video"]].strip()
+    video = base / rel
+    start, bad_start = _frame_cell(r.get(cols["start_frame"], ""), cols["start_frame"])
+    end, bad_end = _frame_cell(r.get(cols["end_frame"], ""), cols["end_frame"])
+    problem = bad_start or bad_end
+    if problem:
+        problem += ("; give a frame index from 0, or leave the cell empty for the start/end "
+                    "of the video")
+    if not rel:
+        problem = "empty video path"
+    elif not _inside(video, root):
+        problem = (f"video path {rel!r} escapes the dataset root {root}; keep videos under "
+                   f"the folder dataset.root names")
+    return dict(clip_id=str(r.get(cols["clip_id"], "")).strip() or Path(rel).stem,
+                subject=r[cols["subject"]].strip(), label=r[cols["label"]].strip(),
+                video=_video_path(video) if rel else "",
+                start_frame=0 if start is None else start, end_frame=-1 if end is None else end,
+                split=r.get(cols["split"], "").strip().lower(), origin=origin, problem=problem)
 
 
 # ---- UTD-MHAD (Kinect v1 skeletons, no video) ----------------------------------------------
@@ -190,8 +220,8 @@ def load_utd_mhad(root: str | Path, width: int = 640, height: int = 480,
     root = Path(root)
     files = sorted(root.glob("a*_s*_t*_skeleton.mat"))
     if not files:
-        raise DatasetError(f"{root}: no a*_s*_t*_skeleton.mat files; set dataset.utd_mhad.root "
-                           f"to the UTD-MHAD skeleton folder")
+        raise DatasetError(f"{root}: no a*_s*_t*_skeleton.mat files; set dataset.root to the "
+                           f"UTD-MHAD skeleton folder")
     rows = []
     for f in files:
         m = _UTD_NAME.match(f.name)
@@ -258,6 +288,21 @@ def read_openpose_xlsx(path: str | Path, frame_column: str | None = None) -> np.
     return values.reshape(len(values), 137, 3)
 
 
+def _imigue_range(r: dict, lc: dict, o: dict) -> tuple[int, int, str]:
+    """A label row's frames -> (start, end exclusive, problem), 0-based; (0, -1, why) when
+    the row's frames are unusable."""
+    start, bad_start = _frame_cell(r[lc["start"]], lc["start"])
+    end, bad_end = _frame_cell(r[lc["end"]], lc["end"])
+    if bad_start or bad_end or start is None or end is None:
+        return 0, -1, (bad_start or bad_end or "empty frame cell") + "; fix the label row"
+    start -= o["first_frame"]
+    end += (1 if o["end_inclusive"] else 0) - o["first_frame"]
+    if not 0 <= start < end:
+        return 0, -1, (f"bad frame range {r[lc['start']]}..{r[lc['end']]}; fix the label row or "
+                       f"dataset.imigue.first_frame / dataset.imigue.end_inclusive")
+    return start, end, ""
+
+
 def load_imigue(root: str | Path, **options) -> RawDataset:  # noqa: C901 (one reader)
     """iMiGUE challenge layout: one folder per long video with ``<id>_openpose.xlsx`` and
     ``<id>_label.csv``; clip lists for train/val/test name video ids or clip ids
@@ -267,12 +312,13 @@ def load_imigue(root: str | Path, **options) -> RawDataset:  # noqa: C901 (one r
     lc = {**IMIGUE_DEFAULTS["label_columns"], **(o["label_columns"] or {})}
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"{root}: iMiGUE root not found; set dataset.imigue.root")
+        raise DatasetError(f"{root}: iMiGUE root not found; set dataset.root to the iMiGUE "
+                           f"folder")
     video_ids = sorted(p.name for p in root.iterdir()
                        if p.is_dir() and (root / o["labels"].format(id=p.name)).is_file())
     if not video_ids:
         raise DatasetError(f"{root}: no video folder with a {o['labels']} file; check "
-                           f"dataset.imigue.root and dataset.imigue.labels")
+                           f"dataset.root and dataset.imigue.labels")
     split_of: dict[str, str] = {}
     for split, name in (o["lists"] or {}).items():
         for item in _read_list(root / name):
@@ -294,11 +340,10 @@ def load_imigue(root: str | Path, **options) -> RawDataset:  # noqa: C901 (one r
         video = root / o["video"].format(id=vid) if o["video"] else None
         for n, r in enumerate(t.to_dict("records")):
             clip_id = f"{vid}_{n}"
-            start = int(r[lc["start"]]) - o["first_frame"]
-            end = int(r[lc["end"]]) - o["first_frame"] + (1 if o["end_inclusive"] else 0)
-            problem = "" if 0 <= start < end else f"bad frame range {r[lc['start']]}..{r[lc['end']]}"
+            start, end, problem = _imigue_range(r, lc, o)
+            has_video = video is not None and video.is_file()
             rows.append(dict(clip_id=clip_id, subject=subject, label=str(r[lc["label"]]).strip(),
-                             video=str(video.resolve()) if video is not None and video.is_file() else "",
+                             video=_video_path(video) if has_video else "",
                              start_frame=start, end_frame=end,
                              split=split_of.get(clip_id, split_of.get(vid, "")),
                              origin=f"{labels_path}:{n + 2}", problem=problem))

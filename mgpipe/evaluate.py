@@ -75,13 +75,18 @@ def evaluate_rounds(rounds: dict, manifest: pd.DataFrame, classes: list[str],
                     test_labels_path: str | Path, cmpl_dir: str | Path, weights="equal",
                     temperature: bool = True) -> tuple[list[dict], np.ndarray, list[str]]:
     """Evaluate every CMPL round listed in models/cmpl/rounds.json over all the manifest's
-    val and test clips, with the pseudo-label report of each round against the hidden labels.
+    val and test clips, and the test clips that prepare skipped (listed in test_labels.csv,
+    not in the manifest; no branch has them, so they count as wrong), with the pseudo-label
+    report of each round against the hidden labels.
     Returns (per-round results, hidden test labels, test clip ids)."""
     index = {c: i for i, c in enumerate(classes)}
     val = manifest[manifest.split == "val"]
     val_ids = list(val.clip_id)
     val_labels = np.array([index[x] for x in val.label], np.int64)
     test_ids = list(manifest[manifest.split == "test"].clip_id)
+    # test clips prepare skipped (unreadable video, ...) are still scored: as wrong
+    listed = pd.read_csv(test_labels_path, keep_default_na=False, dtype=str).clip_id
+    test_ids += [c for c in listed if c not in set(test_ids)]
     truth = hidden_test_labels(test_labels_path, test_ids, classes)
     pos = {c: i for i, c in enumerate(test_ids)}
     results = []
@@ -101,14 +106,14 @@ def evaluate_rounds(rounds: dict, manifest: pd.DataFrame, classes: list[str],
     return results, truth, test_ids
 
 
-def coverage(z: dict, manifest: pd.DataFrame, reasons: dict[str, str]) -> dict:
-    """How many of the manifest's val and test clips one branch's logits (``z``: val_ids,
-    test_ids) lack, and why (``reasons``: clip_id -> the skip recorded by the stage that
-    dropped the clip)."""
+def coverage(z: dict, ids: dict[str, list[str]], reasons: dict[str, str]) -> dict:
+    """How many of the val and test clips ``ids`` ({"val": [...], "test": [...]}) one
+    branch's logits (``z``: val_ids, test_ids) lack, and why (``reasons``: clip_id -> the
+    skip recorded by the stage that dropped the clip)."""
     entry = {}
     for split, key in (("val", "val_ids"), ("test", "test_ids")):
         has = set(map(str, z[key]))
-        missing = [c for c in manifest[manifest.split == split].clip_id if c not in has]
+        missing = [c for c in ids[split] if c not in has]
         why: dict[str, int] = {}
         for c in missing:
             reason = reasons.get(c, "not in the branch's input file (no skip recorded)")

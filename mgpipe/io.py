@@ -50,7 +50,8 @@ def read_skips(paths) -> dict[str, str]:
     for p in paths:
         if Path(p).is_file() and Path(p).stat().st_size:
             t = pd.read_csv(p, dtype=str, keep_default_na=False)
-            stage = t["stage"] if "stage" in t else [Path(p).stem.replace("_skipped", "")] * len(t)
+            # <stage>_skipped.csv name their stage; prepare's skipped.csv has no stage column
+            stage = t["stage"] if "stage" in t else ["prepare"] * len(t)
             for cid, st, reason in zip(t["clip_id"], stage, t["reason"]):
                 out.setdefault(cid, f"{st}: {reason}")
     return out

@@ -3,11 +3,11 @@
 Manifest (``data/interim/manifest.csv``), one row per clip: clip_id, subject, split
 (train/val/test), label (empty for test), video, start_frame, end_frame (end exclusive),
 frames, fps, width, height. Test labels go only to ``test_labels.csv``, read by the
-evaluation code alone.
+evaluation code alone; it also lists test clips skipped here, which are scored as wrong.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -15,7 +15,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from mgpipe.datasets import DatasetError, RawDataset
-from mgpipe.video import VideoError, probe_video
+from mgpipe.video import VideoError, VideoInfo, probe_video
 
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ["clip_id", "subject", "split", "label", "video", "start_frame", "end_frame",
@@ -28,6 +28,7 @@ class PreparedDataset:
     test_labels: pd.DataFrame  # clip_id, label
     skipped: pd.DataFrame      # clip_id, origin, reason
     classes: list[str]
+    warnings: list[str] = field(default_factory=list)  # not errors: for the stage to print
 
 
 def split_subjects(subjects: list[str], by: str, protocol: dict[str, str] | None = None,
@@ -105,72 +106,175 @@ def _protocol(table: pd.DataFrame) -> dict[str, str]:
     return proto
 
 
+# Where each adapter's class list is set, for the fix of a label outside it.
+_CLASSES_FIX = {"csv": "add it to dataset.csv.classes",
+                "imigue": "add it to dataset.imigue.classes",
+                "synth": "regenerate the dataset (dvc repro synth)"}
+
+
+def clip_id_problem(clip_id: str) -> str:
+    """Why ``clip_id`` cannot name an HDF5 group (and a file) in later stages; "" if it can."""
+    fix = "give the row another clip id (letters, digits, '_', '-', '.')"
+    if not clip_id.strip():
+        return f"empty clip id; {fix}"
+    if clip_id in (".", ".."):
+        return f"clip id {clip_id!r} cannot name an HDF5 group; {fix}"
+    if "/" in clip_id:
+        return f"clip id {clip_id!r} contains '/' (clip ids name HDF5 groups); {fix}"
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in clip_id):
+        return f"clip id {clip_id!r} contains a control character; {fix}"
+    return ""
+
+
+def _row_problem(r, classes: set[str], dataset: str) -> str:
+    """What makes one table row unusable before its video is opened ("" when nothing):
+    clip id, subject, label, frame range."""
+    if r.problem:
+        return r.problem
+    problem = clip_id_problem(r.clip_id)
+    if problem:
+        return problem
+    if not r.subject.strip():
+        return ("empty subject; every clip needs its person (the split is by subject): fill "
+                "the subject column")
+    if r.label and r.label not in classes:
+        return (f"label {r.label!r} is not in the class list ({len(classes)} classes); fix the "
+                f"label or {_CLASSES_FIX.get(dataset, 'fix the class list')}")
+    if r.start_frame < 0 or r.end_frame < -1:
+        return f"frame range {r.start_frame}..{r.end_frame} is negative; frames count from 0"
+    if 0 <= r.end_frame <= r.start_frame:
+        return (f"end_frame {r.end_frame} must come after start_frame {r.start_frame} (end is "
+                f"exclusive); fix the range, or leave end_frame empty for the rest of the video")
+    return ""
+
+
+def _video_problem(r, v: VideoInfo) -> tuple[str, int]:
+    """(problem or "", frames of the clip) for row ``r`` of video ``v``."""
+    lost = (f" (its header claims {v.header_frames}: a truncated file? copy it again or "
+            f"re-encode it)" if v.header_frames > v.frames else "")
+    if r.start_frame >= v.frames:
+        return (f"start_frame {r.start_frame} is beyond the end of {r.video}: only "
+                f"{v.frames} frames decode{lost}", -1)
+    end = v.frames if r.end_frame < 0 else r.end_frame
+    if end > v.frames + 1:  # one frame of slack: read_frames repeats the last one
+        return (f"{r.video}: the clip needs frames {r.start_frame}..{end - 1} but only "
+                f"{v.frames} decode{lost}; fix the frame range or the video", -1)
+    return "", end - r.start_frame
+
+
+class _Probes:
+    """probe_video once per distinct video (many clips share one long video in iMiGUE)."""
+
+    def __init__(self):
+        self.seen: dict[str, VideoInfo | VideoError] = {}
+
+    def __call__(self, video: str) -> VideoInfo:
+        if video not in self.seen:
+            try:
+                self.seen[video] = probe_video(video)
+            except VideoError as e:
+                self.seen[video] = e
+        got = self.seen[video]
+        if isinstance(got, VideoError):
+            raise got
+        return got
+
+
+def _check_clip(r, ds: RawDataset, classes: set[str], probe: _Probes,
+                on_keypoints: Callable[[str, np.ndarray], None] | None) -> dict:
+    """One row -> dict(problem, frames, fps, width, height); hands good clips' keypoints to
+    ``on_keypoints``."""
+    info = dict(problem=_row_problem(r, classes, ds.name), frames=-1, fps=0.0, width=0, height=0)
+    if info["problem"]:
+        return info
+    if r.video:
+        try:
+            v = probe(r.video)
+        except VideoError as e:
+            return {**info, "problem": str(e)}
+        info["problem"], info["frames"] = _video_problem(r, v)
+        info.update(fps=v.fps, width=v.width, height=v.height)
+    elif ds.keypoints is None or ds.frame_size is None:
+        info["problem"] = "no video path and the dataset brings no keypoints"
+    else:
+        info.update(width=ds.frame_size[0], height=ds.frame_size[1], fps=ds.fps or 30.0,
+                    frames=(r.end_frame - r.start_frame) if r.end_frame >= 0 else -1)
+    if not info["problem"] and ds.keypoints is not None:
+        info.update(_check_keypoints(r.clip_id, ds.keypoints, info["frames"], on_keypoints))
+    return info
+
+
+def _check_keypoints(clip_id: str, keypoints: Callable[[str], np.ndarray], frames: int,
+                     on_keypoints: Callable[[str, np.ndarray], None] | None) -> dict:
+    """Read a clip's provided keypoints [T, 68, 3]; their length must match ``frames`` (-1 =
+    unknown: taken from them) within one frame. -> updates for the clip's info dict."""
+    try:
+        kp = keypoints(clip_id)
+        if frames < 0:
+            frames = len(kp)
+        elif abs(len(kp) - frames) > 1:
+            return dict(problem=f"{len(kp)} frames of keypoints for {frames} video frames")
+        if on_keypoints is not None:
+            on_keypoints(clip_id, kp)
+        return dict(frames=frames)
+    except Exception as e:  # a corrupt keypoint file must not kill a run of thousands
+        return dict(problem=f"cannot read the dataset's keypoints: {e}")
+
+
+def unseen_class_warnings(manifest: pd.DataFrame, test_labels: pd.DataFrame,
+                          classes: list[str]) -> list[str]:
+    """One warning per class that has val or test clips but no training clip (the model can
+    never predict it). ``manifest`` still holds every split; test labels come from
+    ``test_labels``."""
+    train = set(manifest.label[manifest.split == "train"])
+    val = manifest.label[manifest.split == "val"].value_counts()
+    test = test_labels.label.value_counts()
+    out = []
+    for c in classes:
+        if c not in train and (val.get(c, 0) or test.get(c, 0)):
+            out.append(f"class {c!r} has no training clip (val {val.get(c, 0)}, test "
+                       f"{test.get(c, 0)} clips): no model can learn it; move a subject with "
+                       f"it into train (split.by, split.subjects) or drop the class")
+    return out
+
+
 def build_manifest(ds: RawDataset, split_cfg: dict, on_bad_clip: str = "error",
                    progress: bool = True,
                    on_keypoints: Callable[[str, np.ndarray], None] | None = None) -> PreparedDataset:
-    """Check the dataset, probe its videos and split it by subject.
+    """Check the dataset, probe its videos (each distinct video once) and split it by subject.
 
-    Per-clip problems (missing/unreadable/empty video, label not in the class list, path
-    outside the root, bad frame range) raise a DatasetError naming the clip's file and row,
-    or with ``on_bad_clip="skip"`` are recorded in ``skipped``. Dataset-level problems
-    (duplicate clip ids, a subject in two splits, an empty split) always raise.
+    Per-clip problems (bad clip id, empty subject, missing/unreadable/empty/truncated video,
+    label not in the class list, path outside the root, bad frame range) raise a
+    DatasetError naming the clip's file and row, or with ``on_bad_clip="skip"`` are recorded
+    in ``skipped``. Dataset-level problems (duplicate clip ids, a subject in two splits, an
+    empty split) always raise. Classes without a training clip become ``warnings``.
     """
     if on_bad_clip not in ("error", "skip"):
         raise DatasetError(f"prepare.on_bad_clip: {on_bad_clip!r}; use error or skip")
-    t = ds.table.copy()
+    t = ds.table.copy().reset_index(drop=True)
     if t.empty:
         raise DatasetError(f"dataset {ds.name}: no clips found")
-    dup = t[t.duplicated("clip_id", keep=False)]
+    dup = t[t.duplicated("clip_id", keep=False) & (t.clip_id.str.strip() != "")]
     if len(dup):
         first = dup.groupby("clip_id")["origin"].apply(list).iloc[0]
         raise DatasetError(f"duplicate clip id {dup.clip_id.iloc[0]!r} at {first}; "
                            f"clip ids must be unique: rename one")
-    classes = set(ds.classes)
+    classes, probe = set(ds.classes), _Probes()
     skipped: list[dict] = []
     info_rows = []
     for r in tqdm(list(t.itertuples()), desc="prepare: checking clips", unit="clip",
                   disable=not progress):
-        problem = r.problem
-        if not problem and r.label and r.label not in classes:
-            problem = (f"label {r.label!r} is not in the class list ({len(classes)} classes); "
-                       f"fix the label or add it to dataset classes")
-        frames, fps, width, height = -1, 0.0, 0, 0
-        if not problem and r.video:
-            try:
-                v = probe_video(r.video)
-                end = v.frames if r.end_frame < 0 else r.end_frame
-                if end > v.frames + 1:  # header counts may be off by one frame
-                    problem = f"frame range {r.start_frame}..{end} beyond the video's {v.frames} frames"
-                frames, fps, width, height = end - r.start_frame, v.fps, v.width, v.height
-            except VideoError as e:
-                problem = str(e)
-        elif not problem:
-            if ds.keypoints is None or ds.frame_size is None:
-                problem = "no video path and the dataset brings no keypoints"
-            else:
-                width, height = ds.frame_size
-                fps = ds.fps or 30.0
-                frames = (r.end_frame - r.start_frame) if r.end_frame >= 0 else -1
-        if not problem and ds.keypoints is not None:
-            try:
-                kp = ds.keypoints(r.clip_id)
-                if frames < 0:
-                    frames = len(kp)
-                elif abs(len(kp) - frames) > 1:
-                    problem = f"{len(kp)} frames of keypoints for {frames} video frames"
-                if not problem and on_keypoints is not None:
-                    on_keypoints(r.clip_id, kp)
-            except Exception as e:  # a corrupt keypoint file must not kill a run of thousands
-                problem = f"cannot read the dataset's keypoints: {e}"
-        if problem:
+        info = _check_clip(r, ds, classes, probe, on_keypoints)
+        if info["problem"]:
             if on_bad_clip == "error":
-                raise DatasetError(f"{r.origin}: clip {r.clip_id!r}: {problem}. "
+                raise DatasetError(f"{r.origin}: clip {r.clip_id!r}: {info['problem']}. "
                                    f"(set prepare.on_bad_clip: skip to record and skip such clips)")
-            skipped.append(dict(clip_id=r.clip_id, origin=r.origin, reason=problem))
-        info_rows.append(dict(clip_id=r.clip_id, frames=frames, fps=round(fps, 3),
-                              width=width, height=height, bad=bool(problem)))
-    info = pd.DataFrame(info_rows)
-    t = t.merge(info, on="clip_id")
+            skipped.append(dict(clip_id=r.clip_id, origin=r.origin, reason=info["problem"]))
+        info_rows.append(dict(frames=info["frames"], fps=round(info["fps"], 3),
+                              width=info["width"], height=info["height"],
+                              bad=bool(info["problem"])))
+    t = pd.concat([t, pd.DataFrame(info_rows)], axis=1)
+    bad = t[t.bad]
     t = t[~t.bad].drop(columns="bad")
 
     assign = split_subjects(
@@ -186,9 +290,15 @@ def build_manifest(ds: RawDataset, split_cfg: dict, on_bad_clip: str = "error",
     t = t.sort_values(["split", "subject", "clip_id"],
                       key=lambda c: c.map({s: i for i, s in enumerate(SPLITS)}) if c.name == "split" else c)
     test = t.split == "test"
-    test_labels = t.loc[test & (t.label != ""), ["clip_id", "label"]].reset_index(drop=True)
+    test_labels = t.loc[test & (t.label != ""), ["clip_id", "label"]]
+    # A challenge scores every test clip: a skipped clip of a test subject keeps its label
+    # here, so the evaluation counts it (as wrong: no branch can see it).
+    lost = bad[(bad.subject.map(assign) == "test") & bad.label.isin(classes)
+               & (bad.clip_id.map(clip_id_problem) == "")]
+    test_labels = pd.concat([test_labels, lost[["clip_id", "label"]]]).reset_index(drop=True)
+    warnings = unseen_class_warnings(t, test_labels, list(ds.classes))
     t.loc[test, "label"] = ""
     manifest = t[MANIFEST_COLUMNS].reset_index(drop=True)
     return PreparedDataset(manifest, test_labels,
                            pd.DataFrame(skipped, columns=["clip_id", "origin", "reason"]),
-                           list(ds.classes))
+                           list(ds.classes), warnings)

@@ -33,8 +33,9 @@ from mgpipe.params import load_params
 
 def skip_files(branch_input: str, interim: Path) -> list[Path]:
     """The skipped-clip CSVs that explain a clip missing from a branch's input file: the
-    one beside the input (e.g. heatmaps_skipped.csv), then the keypoints stage's."""
-    files = [interim / "keypoints_skipped.csv"]
+    one beside the input (e.g. heatmaps_skipped.csv), then the keypoints stage's, then
+    prepare's."""
+    files = [interim / "keypoints_skipped.csv", interim / "skipped.csv"]
     if branch_input:
         p = Path(branch_input)
         files.insert(0, p.with_name(f"{p.stem}_skipped.csv"))
@@ -67,7 +68,8 @@ def main(argv=None) -> int:
     logits = {b: load_logits(p) for b, p in rounds["logits"][str(rounds["rounds"])].items()}
     reasons = {b: read_skips(skip_files(params["branches"].get(b, {}).get("input", ""), interim))
                for b in logits}
-    cover = {b: coverage(z, manifest, reasons[b]) for b, z in logits.items()}
+    ids = {"val": list(manifest[manifest.split == "val"].clip_id), "test": test_ids}
+    cover = {b: coverage(z, ids, reasons[b]) for b, z in logits.items()}
     write_json_atomic(out / "metrics.json", {
         "test_clips": len(test_ids),
         "test": summary(last),

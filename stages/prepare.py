@@ -2,7 +2,8 @@
 
 Reads the `dataset`, `split` and `prepare` blocks of params.yaml. Writes into --out
 (default data/interim): manifest.csv, classes.json, test_labels.csv, skipped.csv and
-provided_keypoints.h5 (the dataset's own keypoints in the 68 layout; empty when it has none).
+provided_keypoints.h5 (the dataset's own keypoints in the 68 layout, non-finite ones made
+unseen; empty when it has none).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     params = load_params(args.params)
     out = Path(args.out)
+    cleaned = {"keypoints": 0, "clips": 0}
     try:
         ds = load_dataset(params["dataset"])
         with atomic_path(out / "provided_keypoints.h5", suffix=".h5") as tmp:
@@ -35,6 +37,9 @@ def main(argv=None) -> int:
                 h5.attrs.update(source=ds.name, layout="mgpipe-68", num_keypoints=layout.NUM_KEYPOINTS)
 
                 def keep(clip_id, kp):
+                    kp, n = layout.clean_keypoints(kp)
+                    cleaned["keypoints"] += n
+                    cleaned["clips"] += n > 0
                     g = h5.create_group(clip_id)
                     g.create_dataset("kp", data=kp.astype("float32"), compression="gzip", track_times=False,
                                      compression_opts=4, shuffle=True)
@@ -56,8 +61,14 @@ def main(argv=None) -> int:
           f"{len(prepared.classes)} classes; train {counts.get('train', 0)}, "
           f"val {counts.get('val', 0)}, test {(m.split == 'test').sum()}; "
           f"skipped {len(prepared.skipped)}")
+    if cleaned["keypoints"]:
+        print(f"prepare: cleaned {cleaned['keypoints']} non-finite keypoints in "
+              f"{cleaned['clips']} clips of the dataset's own keypoints (NaN/inf or a negative "
+              f"score; now unseen: x, y, score 0)")
     if len(prepared.skipped):
         print(pd.DataFrame(prepared.skipped).head(10).to_string(index=False))
+    for w in prepared.warnings:
+        print(f"prepare: warning: {w}", file=sys.stderr)
     return 0
 
 
