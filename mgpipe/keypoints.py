@@ -5,19 +5,24 @@ The engine (``run_extraction``) knows nothing about MediaPipe: it takes any top-
 ``extract_fn(clip) -> (kp [T, 68, 3] float32, info dict)``, so the ``provided`` backend reuses
 it with a cheap function. Output HDF5: one group per clip_id holding ``kp`` and attributes
 ``source, fps, width, height, detector, detector_version, signature, frames`` (plus any other
-scalar ``info`` entries).
+scalar ``info`` entries, and ``nonfinite_cleaned`` where NaN/inf keypoints were zeroed).
+Identical content gives identical bytes: clips in list order, attributes sorted, fixed
+dataset settings, no absolute paths or mtimes (SPEC section 12).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import multiprocessing as mp
 import os
+import re
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import closing, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -28,7 +33,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .io import atomic_path
-from .layout import LEFT_HAND, NAMES, NUM_KEYPOINTS, RIGHT_HAND, fill_neck
+from .layout import LEFT_HAND, NAMES, NUM_KEYPOINTS, RIGHT_HAND, clean_keypoints, fill_neck
+from .signals import init_worker, terminate_pool
 from .video import VideoError
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,9 @@ HAND_DUPLICATE_IOU = 0.5
 
 
 _NAMES_ATTR = np.array(NAMES, dtype=h5py.string_dtype())
+# Every kp dataset, in the work file and the final one. track_times=False: no timestamps, so
+# byte-identical reruns keep DVC downstream cached.
+_KP_DATASET = dict(compression="gzip", compression_opts=4, shuffle=True, track_times=False)
 
 
 # ---- video reading ---------------------------------------------------------------------------
@@ -209,13 +218,46 @@ def extract_mediapipe_clip(clip: Mapping, **kwargs) -> tuple[np.ndarray, dict]:
                              end_frame=clip.get("end_frame"), **kwargs)
 
 
-def clip_signature(video: str | os.PathLike, start_frame: Any = 0, end_frame: Any = None,
-                   **params) -> str:
-    """A string that changes when the clip's source or the backend's parameters change:
-    video path, size, mtime (ns), frame range, and ``params`` (e.g. backend, model_complexity,
-    detector_version)."""
-    st = os.stat(video)
-    return json.dumps(dict(video=str(video), size=st.st_size, mtime_ns=st.st_mtime_ns,
+DIGEST_BLOCK = 1 << 20  # bytes read from each of the start, middle and end of a video
+
+
+def video_digest(path: str | os.PathLike) -> str:
+    """Fast content digest of a file: sha1 of its size and of its first, middle and last MiB
+    (the whole file when under 3 MiB), so a multi-GB video costs 3 MiB of reading. A
+    re-encode, truncation or replacement changes it; an edit confined to the unread parts of
+    a long video does not (the size and path are in the signature too)."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        h.update(f"{size}\n".encode())
+        if size <= 3 * DIGEST_BLOCK:
+            h.update(f.read())
+        else:
+            for offset in (0, size // 2 - DIGEST_BLOCK // 2, size - DIGEST_BLOCK):
+                f.seek(offset)
+                h.update(f.read(DIGEST_BLOCK))
+    return h.hexdigest()
+
+
+def clip_signature(video: str | os.PathLike, start_frame: Any = 0, end_frame: Any = None, *,
+                   digests: dict | None = None, **params) -> str:
+    """A string that changes exactly when the clip's source or the backend's parameters
+    change: the video path as given (the manifest's, relative to the project root for a
+    relative dataset root, so a clone elsewhere keeps its signatures), the file's size and
+    ``video_digest``, the frame range, and ``params`` (e.g. backend, model_complexity). No
+    mtime: a fresh checkout or copy of the same bytes is the same clip.
+
+    digests: a dict that caches (size, ``video_digest``) per path within a run (many clips
+    share one long video); the caller owns it, so an edited video is re-read by the next run.
+    Raises FileNotFoundError naming the video."""
+    key = os.fspath(video)
+    if digests is not None and key in digests:
+        size, digest = digests[key]
+    else:
+        size, digest = os.stat(video).st_size, video_digest(video)
+        if digests is not None:
+            digests[key] = size, digest
+    return json.dumps(dict(video=key, size=size, sha1=digest,
                            start=_frame_bound(start_frame) or 0, end=_frame_bound(end_frame),
                            **params), sort_keys=True, default=str)
 
@@ -291,11 +333,10 @@ def _open_partial(path: Path) -> h5py.File:
         return h5py.File(path, "a")
 
 
-def _reconcile(f: h5py.File, clips: list[dict], sources: Iterable[Path]) -> tuple[set[str], bool]:
+def _reconcile(f: h5py.File, clips: list[dict], sources: Iterable[Path]) -> set[str]:
     """Drop from ``f`` groups not listed or with another signature, copy matching ones from
-    ``sources``; returns (clip ids now in f, whether anything was dropped)."""
+    ``sources``; returns the clip ids now in f."""
     wanted = {c["clip_id"]: c["signature"] for c in clips}
-    dropped = False
     for name in list(f.keys()):
         try:
             keep = wanted.get(name) == _signature(f[name]) and "kp" in f[name]
@@ -303,7 +344,6 @@ def _reconcile(f: h5py.File, clips: list[dict], sources: Iterable[Path]) -> tupl
             keep = False
         if not keep:
             del f[name]
-            dropped = True
     present = set(f.keys())
     for src_path in sources:
         if not src_path.exists() or len(present) == len(wanted):
@@ -317,7 +357,7 @@ def _reconcile(f: h5py.File, clips: list[dict], sources: Iterable[Path]) -> tupl
         except OSError as err:
             log.warning("cannot reuse clips from %s (%s)", src_path, err)
     f.flush()
-    return present, dropped
+    return present
 
 
 def _attr_value(value):
@@ -327,9 +367,9 @@ def _attr_value(value):
 
 
 def _write_clip(f: h5py.File, clip: dict, kp: np.ndarray, info: Mapping) -> None:
+    """Append one clip to the work file (its layout is redone by ``_write_final``)."""
     g = f.create_group(clip["clip_id"])
-    g.create_dataset("kp", data=kp, compression="gzip", compression_opts=4, shuffle=True,
-                     track_times=False)  # byte-identical reruns keep DVC downstream cached
+    g.create_dataset("kp", data=kp, **_KP_DATASET)
     attrs = {k: v for k, v in ((k, _attr_value(v)) for k, v in info.items()) if v is not None}
     attrs.update(source=str(info.get("source", clip.get("video", ""))), frames=len(kp))
     missing = [k for k in REQUIRED_ATTRS if k not in attrs and k != "signature"]
@@ -343,8 +383,50 @@ def _write_clip(f: h5py.File, clip: dict, kp: np.ndarray, info: Mapping) -> None
     f.flush()
 
 
+def _has_kp_settings(ds: h5py.Dataset) -> bool:
+    """Whether ``ds`` has ``_KP_DATASET``'s filters and h5py's chunk shape for it. (HDF5 does
+    not store track_times, a reopened dataset always reports it on; H5Ocopy adds no time.)"""
+    return (ds.compression, ds.compression_opts, ds.shuffle, ds.fletcher32, ds.scaleoffset,
+            ds.chunks, ds.dtype) == (
+        "gzip", 4, True, False, None,
+        h5py.filters.guess_chunk(ds.shape, None, ds.dtype.itemsize), np.dtype(np.float32))
+
+
+def _write_final(sources: Sequence[Path], out: Path, order: Sequence[str] | None = None) -> int:
+    """Write every clip of the HDF5 files ``sources`` into a new file ``out`` in a fixed
+    layout, whatever order the clips were appended in: groups in ``order`` (clips it does not
+    list after them, by name), attributes sorted by name, ``kp`` with ``_KP_DATASET``
+    settings; no freed space. Returns the clip count; a clip_id in two sources is an error.
+
+    ``kp`` is copied chunk for chunk when it has those settings already (always, for the
+    engine's own files), else recompressed. Cost, 10,000 clips of real MediaPipe keypoints
+    (1.4 M frames, 520 MB) on the 2-core dev machine: 36 s, mostly h5py's per-attribute
+    overhead (61 s if every kp were recompressed); MediaPipe takes hours on those frames."""
+    rank = {cid: i for i, cid in enumerate(order or ())}
+    with ExitStack() as stack:
+        found: dict[str, h5py.File] = {}  # clip_id -> the source holding it
+        for p in sources:
+            src = stack.enter_context(h5py.File(p, "r"))
+            for cid in src:
+                if cid in found:
+                    raise ValueError(f"clip {cid!r} is in more than one of {list(map(str, sources))}")
+                found[cid] = src
+        with h5py.File(out, "w") as dst:
+            dst.attrs["keypoint_names"] = _NAMES_ATTR
+            for cid in sorted(found, key=lambda c: (rank.get(c, len(rank)), c)):
+                src, g = found[cid][cid], dst.create_group(cid)
+                if _has_kp_settings(src["kp"]):
+                    src.copy(src["kp"], g)
+                else:
+                    g.create_dataset("kp", data=src["kp"][()], **_KP_DATASET)
+                for k in sorted(src.attrs):
+                    g.attrs[k] = src.attrs[k]
+    return len(found)
+
+
 def _check_result(result) -> tuple[np.ndarray | None, dict, str | None]:
-    """(kp, info, None) or (None, {}, reason to skip)."""
+    """(kp, info, None) or (None, {}, reason to skip). NaN/inf keypoints become unseen
+    (``clean_keypoints``), counted in info["nonfinite_cleaned"]."""
     try:
         kp, info = result
         kp, info = np.asarray(kp, np.float32), dict(info)
@@ -352,16 +434,84 @@ def _check_result(result) -> tuple[np.ndarray | None, dict, str | None]:
         return None, {}, f"extract_fn returned no (kp, info) pair: {err}"
     if kp.ndim != 3 or kp.shape[1:] != (NUM_KEYPOINTS, 3) or len(kp) == 0:
         return None, {}, f"keypoints of shape {kp.shape}, expected [T>0, {NUM_KEYPOINTS}, 3]"
+    kp, cleaned = clean_keypoints(kp)
+    if cleaned:
+        info["nonfinite_cleaned"] = cleaned
     if not (kp[..., 2] > 0).any():
         return None, {}, "no person found in any frame"
     return kp, info, None
 
 
+# ---- worker processes --------------------------------------------------------------------------
+
+# Lines that MediaPipe 0.10.21 and TFLite print on stderr in every worker, for every clip or
+# graph, and that say nothing wrong. They come from absl's C++ logging before
+# absl::InitializeLog, which writes everything to stderr: neither GLOG_minloglevel,
+# TF_CPP_MIN_LOG_LEVEL nor ABSL_MIN_LOG_LEVEL changes it (tried on the shared clips), and the
+# wheel exports no logging symbol to call, so the workers' stderr is filtered instead.
+WORKER_STDERR_NOISE = re.compile(
+    rb"inference_feedback_manager\.cc:\d+\] Feedback manager requires a model with a single"
+    rb"|landmark_projection_calculator\.cc:\d+\] Using NORM_RECT without IMAGE_DIMENSIONS"
+    rb"|^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\."
+    rb"|^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _copy_stderr(conn, noise: re.Pattern) -> None:
+    """Thread: copy the workers' stderr pipe to this process's stderr, line by line, less
+    the lines ``noise`` matches, until every worker has closed it."""
+    fd, rest = conn.fileno(), b""
+    try:
+        while chunk := os.read(fd, 1 << 16):
+            *lines, rest = (rest + chunk).split(b"\n")
+            if len(rest) > 1 << 16:  # no newline in sight: pass it on as it is
+                lines, rest = lines + [rest], b""
+            keep = b"".join(line + b"\n" for line in lines if not noise.search(line))
+            try:
+                _write_all(2, keep)
+            except OSError:  # our stderr is gone: keep draining, or workers would block
+                pass
+        if rest and not noise.search(rest):
+            _write_all(2, rest + b"\n")
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+@contextmanager
+def _worker_stderr(ctx, noise: re.Pattern = WORKER_STDERR_NOISE) -> Iterator[Any]:
+    """The write end of a pipe for pool workers' stderr (pass it to ``_init_worker``).
+
+    The filter runs here, in the parent, not in the worker: what a dying worker writes last
+    (a C++ fatal error just before abort) is in the pipe and still gets through. On exit,
+    waits briefly for the workers' last lines."""
+    reader, writer = ctx.Pipe(duplex=False)
+    thread = threading.Thread(target=_copy_stderr, args=(reader, noise), daemon=True,
+                              name="worker-stderr")
+    thread.start()
+    try:
+        yield writer
+    finally:
+        writer.close()
+        thread.join(5.0)  # EOF comes once every worker has exited
+
+
 _started = None  # in a worker: the queue on which it announces each clip it starts
 
 
-def _init_worker(started) -> None:
+def _init_worker(started, parent_pid: int, stderr=None) -> None:
+    """Worker initializer: die with the parent, ignore SIGINT (``signals.init_worker``), send
+    fd 2 into the parent's filtered pipe, announce clips on ``started``."""
     global _started
+    init_worker(parent_pid)
+    if stderr is not None:
+        os.dup2(stderr.fileno(), 2)  # C++ logging writes to fd 2, not to sys.stderr
+        stderr.close()
     _started = started
 
 
@@ -377,7 +527,10 @@ def _map_clips(clips: list[dict], extract_fn: Callable, workers: int, start_meth
 
     A worker that dies (segfault, OOM kill) breaks the pool: the clips it had started are
     rerun one at a time in a pool of their own, so only the clip that kills a worker is lost
-    (error = BrokenProcessPool); the others go back to the parallel pool.
+    (error = BrokenProcessPool); the others go back to the parallel pool. Workers die with
+    this process, even when it is SIGKILLed, and their stderr loses known noise
+    (``WORKER_STDERR_NOISE``). An interruption (KeyboardInterrupt, ``signals.Interrupted``,
+    closing the generator) terminates the workers before it propagates.
     """
     if workers == 0:
         for clip in clips:
@@ -388,51 +541,77 @@ def _map_clips(clips: list[dict], extract_fn: Callable, workers: int, start_meth
         return
     ctx = mp.get_context(start_method)
     queue, alone = list(clips), []
-    while queue or alone:
-        if alone:
-            batch, n, isolated = [alone.pop()], 1, True
-        else:
-            batch, n, isolated, queue = queue, min(workers, len(queue)), False, []
-        started = ctx.SimpleQueue()
-        ex = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(started,))
-        try:
-            pending = {ex.submit(_run_one, extract_fn, c): c for c in batch}
-            broken: list[dict] = []
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    clip = pending.pop(fut)
-                    try:
-                        yield clip, fut.result(), None
-                    except BrokenProcessPool as err:
-                        if isolated:
-                            yield clip, None, err
-                        else:
-                            broken.append(clip)
-                    except Exception as err:  # noqa: BLE001
+    with _worker_stderr(ctx) as stderr:
+        while queue or alone:
+            if alone:
+                batch, n, isolated = [alone.pop()], 1, True
+            else:
+                batch, n, isolated, queue = queue, min(workers, len(queue)), False, []
+            started = ctx.SimpleQueue()
+            try:
+                broken = yield from _run_pool(ctx, batch, n, isolated, extract_fn, started, stderr)
+                if broken:
+                    ids = set()
+                    while not started.empty():
+                        ids.add(started.get())
+                    suspects = [c for c in broken if c["clip_id"] in ids]
+                    if not suspects:
+                        raise RuntimeError(
+                            "worker processes died before starting any clip: is extract_fn "
+                            "importable in a fresh process, and does the main script guard its "
+                            "entry point with `if __name__ == '__main__':`?")
+                    alone += suspects
+                    queue += [c for c in broken if c["clip_id"] not in ids]
+            finally:
+                started.close()
+
+
+def _run_pool(ctx, batch: list[dict], n: int, isolated: bool, extract_fn: Callable, started,
+              stderr) -> Iterator[tuple[dict, Any, BaseException | None]]:
+    """One pool of ``n`` workers over ``batch``: yields like ``_map_clips``, returns the clips
+    lost to a broken pool (to retry) unless ``isolated`` (then they are yielded as errors)."""
+    ex = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker,
+                             initargs=(started, os.getpid(), stderr))
+    broken: list[dict] = []
+    try:
+        pending = {ex.submit(_run_one, extract_fn, c): c for c in batch}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                clip = pending.pop(fut)
+                try:
+                    yield clip, fut.result(), None
+                except BrokenProcessPool as err:
+                    if isolated:
                         yield clip, None, err
-        except BaseException:
-            # Interrupted: unwritten results are lost anyway, so do not let workers finish
-            # their queued clips (minutes each on long videos). No public API before 3.14.
-            procs = list((getattr(ex, "_processes", None) or {}).values())
-            ex.shutdown(wait=False, cancel_futures=True)
-            for proc in procs:
-                proc.terminate()
-            raise
-        ex.shutdown(wait=True)
-        if broken:
-            ids = set()
-            while not started.empty():
-                ids.add(started.get())
-            suspects = [c for c in broken if c["clip_id"] in ids]
-            if not suspects:
-                raise RuntimeError(
-                    "worker processes died before starting any clip: is extract_fn importable "
-                    "in a fresh process, and does the main script guard its entry point with "
-                    "`if __name__ == '__main__':`?")
-            alone += suspects
-            queue += [c for c in broken if c["clip_id"] not in ids]
-        started.close()
+                    else:
+                        broken.append(clip)
+                except Exception as err:  # noqa: BLE001
+                    yield clip, None, err
+    except BaseException:
+        # Interrupted: unwritten results are lost anyway, so do not let workers finish their
+        # queued clips (minutes each on long videos).
+        terminate_pool(ex)
+        raise
+    ex.shutdown(wait=True)
+    return broken
+
+
+def work_path(out_path: str | os.PathLike, shard: tuple[int, int] | None = None) -> Path:
+    """The work file of a run into ``out_path`` (or of one shard): ``<final>.partial``, which
+    keeps finished clips across interruptions."""
+    final = Path(out_path) if shard is None else shard_path(out_path, *shard)
+    return final.with_name(final.name + ".partial")
+
+
+def count_clips(path: str | os.PathLike) -> int:
+    """Finished clips (groups with a signature) in a keypoints or work file; 0 if absent or
+    unreadable."""
+    try:
+        with h5py.File(path, "r") as f:
+            return sum(1 for g in f.values() if "signature" in g.attrs)
+    except (OSError, KeyError):
+        return 0
 
 
 def run_extraction(clips: Sequence, out_path: str | os.PathLike, extract_fn: Callable,
@@ -443,14 +622,18 @@ def run_extraction(clips: Sequence, out_path: str | os.PathLike, extract_fn: Cal
     clips: mappings/rows with clip_id, signature, and whatever ``extract_fn`` reads (video,
     start_frame, end_frame). extract_fn: top-level, picklable ``clip -> (kp [T, 68, 3],
     info)``; info needs fps, width, height, detector, detector_version (source defaults to
-    the clip's video). workers: processes (default os.cpu_count(); 0 runs in this process);
-    this process is the only writer. Work goes to ``<out>.partial``, flushed after each clip,
-    renamed to ``out_path`` when all clips are done. Clips already in the partial file or in
-    an existing ``out_path`` with the same signature are copied, not redone; others are
+    the clip's video, as given). workers: processes (default os.cpu_count(); 0 runs in this
+    process); this process is the only writer. Work goes to ``work_path(out_path)``
+    (``<out>.partial``), flushed after each clip; when all clips are done, the final file is
+    written from it atomically in list order (``_write_final``), so the bytes do not depend
+    on the order clips finished in or on interruptions. Clips already in the partial file or
+    in an existing ``out_path`` with the same signature are copied, not redone; others are
     redone; unlisted clips are dropped. A clip whose extract_fn raises, kills its worker or
-    finds no person is skipped (reported, not written). shard=(i, n): only clips with list
-    index % n == i, written to ``shard_path(out_path, i, n)`` (all shards must get the same
-    list); a shard also reuses clips from ``out_path``.
+    finds no person is skipped (reported, not written); NaN/inf keypoints are zeroed and
+    counted (attribute ``nonfinite_cleaned``). shard=(i, n): only clips with list index % n
+    == i, written to ``shard_path(out_path, i, n)`` (all shards must get the same list); a
+    shard also reuses clips from ``out_path``. An interruption (Ctrl-C, or SIGTERM within
+    ``signals.raise_on_signals``) ends the workers and keeps the partial file for the rerun.
     """
     t0 = time.perf_counter()
     clips = [_as_dict(c) for c in clips]
@@ -465,13 +648,13 @@ def run_extraction(clips: Sequence, out_path: str | os.PathLike, extract_fn: Cal
         final = shard_path(out_path, i, n)
         sources = [final, out_path]
     final.parent.mkdir(parents=True, exist_ok=True)
-    partial = final.with_name(final.name + ".partial")
+    partial = work_path(out_path, shard)
     workers = (os.cpu_count() or 1) if workers is None else workers
     summary = ExtractionSummary(path=str(final))
 
     with _open_partial(partial) as f:
         f.attrs["keypoint_names"] = _NAMES_ATTR
-        present, dropped = _reconcile(f, clips, sources)
+        present = _reconcile(f, clips, sources)
         summary.reused = len(present)
         todo = [c for c in clips if c["clip_id"] not in present]
         bar = tqdm(total=len(todo), unit="clip", desc=f"keypoints {final.name}",
@@ -492,33 +675,21 @@ def run_extraction(clips: Sequence, out_path: str | os.PathLike, extract_fn: Cal
                     log.warning("skipped clip %s: %s", clip["clip_id"], reason)
                     bar.set_postfix(skipped=len(summary.skipped))
                 bar.update()
-    if dropped:  # HDF5 does not reclaim deleted groups' space; rewrite compactly
-        with atomic_path(partial, suffix=".h5") as tmp:
-            _copy_all([partial], tmp)
-    os.replace(partial, final)
+    with atomic_path(final, suffix=".h5") as tmp:
+        _write_final([partial], tmp, [c["clip_id"] for c in clips])
+    partial.unlink()
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def _copy_all(paths: Sequence[Path], out: Path) -> int:
-    n = 0
-    with h5py.File(out, "w") as dst:
-        dst.attrs["keypoint_names"] = _NAMES_ATTR
-        for p in paths:
-            with h5py.File(p, "r") as src:
-                for cid in src:
-                    if cid in dst:
-                        raise ValueError(f"clip {cid!r} is in more than one of {list(map(str, paths))}")
-                    src.copy(src[cid], dst, name=cid)
-                    n += 1
-    return n
-
-
-def merge_shards(paths: Sequence[str | os.PathLike], out_path: str | os.PathLike) -> int:
+def merge_shards(paths: Sequence[str | os.PathLike], out_path: str | os.PathLike,
+                 order: Sequence[str] | None = None) -> int:
     """Merge shard files into ``out_path`` (written atomically); returns the clip count.
-    A clip_id present in two shards is an error."""
+    order: the clip list the shards were run with (e.g. the manifest's clip_id column): the
+    merged file is then byte-identical to an unsharded run's. A clip_id present in two
+    shards is an error."""
     with atomic_path(out_path, suffix=".h5") as tmp:
-        return _copy_all([Path(p) for p in paths], tmp)
+        return _write_final([Path(p) for p in paths], tmp, order)
 
 
 def read_clip(path: str | os.PathLike, clip_id: str) -> tuple[np.ndarray, dict]:

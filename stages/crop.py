@@ -5,12 +5,13 @@ fixed over the clip; `rgb.frames` frames sampled uniformly, resized to `rgb.size
 [T, H, W, 3], one dataset per clip. Clips without keypoints fall back to the whole frame
 (recorded in the dataset's attributes and the summary). Skeleton-only datasets (no video)
 get an empty file: the RGB branches are then left out. Also writes crop_sheet.png.
+SIGTERM or Ctrl-C ends the workers, writes nothing and exits with 128 + the signal number.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import h5py
@@ -21,6 +22,7 @@ from tqdm import tqdm
 from mgpipe.crop import crop_clip, crop_sheet
 from mgpipe.io import atomic_path, write_csv_atomic
 from mgpipe.params import load_params
+from mgpipe.signals import Interrupted, raise_on_signals, worker_pool
 from mgpipe.video import read_frames
 
 
@@ -43,6 +45,16 @@ def main(argv=None) -> int:
     ap.add_argument("--keypoints", default="data/interim/keypoints.h5")
     ap.add_argument("--out", default="data/processed/rgb.h5")
     args = ap.parse_args(argv)
+    try:
+        with raise_on_signals():
+            return crop(args)
+    except Interrupted as e:
+        print(f"crop: interrupted by {e.name}; {args.out} not written, rerun to start over",
+              file=sys.stderr)
+        return e.exit_code
+
+
+def crop(args) -> int:
     cfg = load_params(args.params)["rgb"]
     workers = cfg.get("workers") or 1
     m = pd.read_csv(args.manifest, keep_default_na=False)
@@ -53,12 +65,13 @@ def main(argv=None) -> int:
         for cid in with_video.clip_id:
             kps[cid] = f[cid]["kp"][()] if cid in f else None
     skipped, sheet, fallbacks = [], [], 0
-    with atomic_path(out, suffix=".h5") as tmp, h5py.File(tmp, "w") as h5:
+    # The pool closes first: an interruption ends the workers, then the temp file goes.
+    with atomic_path(out, suffix=".h5") as tmp, h5py.File(tmp, "w") as h5, \
+            (worker_pool(workers) if workers > 1 else nullcontext()) as pool:
         h5.attrs.update(frames=cfg["frames"], size=cfg["size"], has_rgb=len(with_video) > 0)
         jobs = [(r, kps[r["clip_id"]], cfg) for r in with_video.to_dict("records")]
         spread = np.linspace(0, len(jobs) - 1, min(6, len(jobs))).round().astype(int)
         sheet_ids = set(with_video.clip_id.iloc[spread])
-        pool = ProcessPoolExecutor(workers) if workers > 1 else None
         results = pool.map(_job, jobs, chunksize=4) if pool else map(_job, jobs)
         for cid, rgb, attrs, err in tqdm(results, total=len(jobs), desc="crop", unit="clip"):
             if err:
@@ -73,8 +86,6 @@ def main(argv=None) -> int:
                 mid = int(attrs["frame_indices"][len(attrs["frame_indices"]) // 2])
                 frame = read_frames(row.video, np.array([mid]), start=int(row.start_frame))[0]
                 sheet.append((cid, frame, attrs["box"], rgb))
-        if pool:
-            pool.shutdown()
     write_csv_atomic(out.with_name("rgb_skipped.csv"),
                      pd.DataFrame(skipped, columns=["clip_id", "stage", "reason"]))
     crop_sheet(sheet, out.with_name("crop_sheet.png"))

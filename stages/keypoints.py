@@ -7,7 +7,8 @@ Backends (params `keypoints.backend`):
   provided   the keypoints the dataset brings (synthetic ground truth, UTD-MHAD, iMiGUE
              OpenPose), from prepare's provided_keypoints.h5.
 Clips with no person in any frame, or that fail to decode, are recorded in
-keypoints_skipped.csv, not fatal.
+keypoints_skipped.csv, not fatal. SIGTERM or Ctrl-C ends the workers and exits with 128 +
+the signal number, keeping finished clips in keypoints.h5.partial for the rerun.
 
 A large corpus splits over machines: run `--shard i/n` for i in 0..n-1 (any scheduler),
 then `--merge` combines the shard files into keypoints.h5.
@@ -26,9 +27,10 @@ import numpy as np
 import pandas as pd
 
 from mgpipe.io import write_csv_atomic
-from mgpipe.keypoints import (clip_signature, extract_mediapipe_clip, merge_shards, parse_shard,
-                              run_extraction, shard_path)
+from mgpipe.keypoints import (clip_signature, count_clips, extract_mediapipe_clip, merge_shards,
+                              parse_shard, run_extraction, shard_path, work_path)
 from mgpipe.params import load_params
+from mgpipe.signals import Interrupted, raise_on_signals
 
 
 def provided_clip(clip: dict, path: str) -> tuple[np.ndarray, dict]:
@@ -39,6 +41,11 @@ def provided_clip(clip: dict, path: str) -> tuple[np.ndarray, dict]:
     info = dict(source=clip.get("video") or source, fps=clip["fps"], width=clip["width"],
                 height=clip["height"], detector=f"provided:{source}", detector_version="")
     return kp, info
+
+
+def _read_manifest(path) -> pd.DataFrame:
+    # Text columns stay text: clip "007" is not the number 7.
+    return pd.read_csv(path, keep_default_na=False, dtype={"clip_id": str, "video": str})
 
 
 def main(argv=None) -> int:
@@ -57,10 +64,11 @@ def main(argv=None) -> int:
         shards = sorted(glob.glob(str(shard_path(out, 0, 1)).replace("-0-of-1", "-*-of-*")))
         if not shards:
             ap.error(f"no shard files beside {out}; run with --shard i/n first")
-        print(f"keypoints: merged {merge_shards(shards, out)} clips from {len(shards)} shards")
+        order = list(_read_manifest(args.manifest).clip_id)
+        n = merge_shards(shards, out, order=order)  # same bytes as an unsharded run
+        print(f"keypoints: merged {n} clips from {len(shards)} shards")
         return 0
-    m = pd.read_csv(args.manifest, keep_default_na=False)
-    clips = m.to_dict("records")
+    clips = _read_manifest(args.manifest).to_dict("records")
     backend = cfg.get("backend", "provided")
     if backend == "provided":
         with h5py.File(args.provided, "r") as f:
@@ -79,15 +87,23 @@ def main(argv=None) -> int:
             print(f"keypoints: mediapipe needs video, and {len(missing)} clips have none "
                   f"(e.g. {missing[0]}); use keypoints.backend: provided", file=sys.stderr)
             return 2
+        digests: dict = {}  # one read per video, however many clips it holds
         for c in clips:
             c["signature"] = clip_signature(c["video"], c["start_frame"], c["end_frame"],
-                                            backend="mediapipe", **opts)
+                                            digests=digests, backend="mediapipe", **opts)
         extract_fn = functools.partial(extract_mediapipe_clip, **opts)
         workers = int(cfg.get("workers") or 0) or None
     else:
         ap.error(f"keypoints.backend: {backend!r}; use provided or mediapipe")
-    summary = run_extraction(clips, out, extract_fn, workers,
-                             shard=parse_shard(args.shard) if args.shard else None)
+    shard = parse_shard(args.shard) if args.shard else None
+    try:
+        with raise_on_signals():
+            summary = run_extraction(clips, out, extract_fn, workers, shard=shard)
+    except Interrupted as e:
+        partial = work_path(out, shard)
+        print(f"keypoints: interrupted by {e.name}; {count_clips(partial)} finished clips kept "
+              f"in {partial}, rerun to resume", file=sys.stderr)
+        return e.exit_code
     skipped = pd.DataFrame(summary.skipped, columns=["clip_id", "reason"])
     skipped.insert(1, "stage", "keypoints")
     write_csv_atomic(out.with_name("keypoints_skipped.csv"), skipped)

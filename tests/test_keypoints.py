@@ -1,8 +1,12 @@
 """Keypoint extraction: MediaPipe Holistic on real clips, and the parallel resumable engine."""
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
+import subprocess
+import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -11,8 +15,8 @@ import numpy as np
 import pytest
 
 from mgpipe.keypoints import (
-    REQUIRED_ATTRS, VideoError, extract_mediapipe, extract_mediapipe_clip, holistic_frame,
-    merge_shards, parse_shard, read_clip, run_extraction, shard_path,
+    REQUIRED_ATTRS, VideoError, clip_signature, extract_mediapipe, extract_mediapipe_clip,
+    holistic_frame, merge_shards, parse_shard, read_clip, run_extraction, shard_path,
 )
 from mgpipe.layout import LEFT_HAND, NECK, RIGHT_HAND
 
@@ -184,7 +188,12 @@ def fake_extract(clip):
     in clip['calls'] so tests can count calls across processes."""
     calls = Path(clip["calls"])
     (calls / f"{clip['clip_id']}.{os.getpid()}.{os.urandom(4).hex()}").touch()
+    time.sleep(clip.get("sleep", 0))
     action = clip.get("action")
+    if action in ("stderr", "fatal"):  # what C++ logging does: write to fd 2 directly
+        os.write(2, NOISE + f"E0000 real error in {clip['clip_id']}\n".encode())
+    if action == "fatal":
+        os._exit(134)  # abort() right after a fatal log line
     if action == "raise":
         raise ValueError("corrupt video")
     if action == "interrupt":
@@ -193,6 +202,12 @@ def fake_extract(clip):
         os._exit(3)  # a worker dying like a segfaulting decoder
     kp = np.load(clip["video"])
     return kp, dict(fps=25.0, width=64, height=48, detector="fake", detector_version="1")
+
+
+NOISE = (b"W0000 00:00:1795802112.162314    3943 inference_feedback_manager.cc:114] Feedback "
+         b"manager requires a model with a single signature inference. Disabling support for "
+         b"feedback tensors.\n"
+         b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
 
 
 def _calls(calls_dir: Path) -> list[str]:
@@ -356,6 +371,9 @@ def test_shards_merge_to_the_unsharded_output(corpus):
     assert not out.exists()
     assert merge_shards(paths, out) == 8
     _assert_same(_contents(out), _contents(whole))
+    # Merged in the list's order, the same bytes as the unsharded run.
+    assert merge_shards(paths, out, order=[c["clip_id"] for c in clips]) == 8
+    assert _sha256(out) == _sha256(whole)
     with pytest.raises(ValueError, match="more than one"):
         merge_shards([paths[0], paths[0]], root / "dup.h5")
     assert parse_shard("2/3") == (2, 3)
@@ -372,3 +390,136 @@ def test_bad_clip_lists_are_rejected(corpus, tmp_path):
         run_extraction([{"clip_id": "a"}], tmp_path / "x.h5", fake_extract, workers=0)
     with pytest.raises(ValueError, match="HDF5 group"):
         run_extraction([{**clips[0], "clip_id": "a/b"}], tmp_path / "x.h5", fake_extract, workers=0)
+
+
+# ---- identical content, identical bytes (SPEC section 12) ----------------------------------------
+
+def _sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_output_bytes_do_not_depend_on_completion_order(corpus):
+    """Two parallel runs whose clips finish in different orders write the same bytes."""
+    clips, calls, root = corpus
+    forward = [{**c, "sleep": 0.05 * i} for i, c in enumerate(clips)]
+    backward = [{**c, "sleep": 0.05 * (len(clips) - i)} for i, c in enumerate(clips)]
+    a = run_extraction(forward, root / "a" / "kp.h5", fake_extract, workers=2, progress=False)
+    b = run_extraction(backward, root / "b" / "kp.h5", fake_extract, workers=2, progress=False)
+    assert a.done == b.done == 8
+    assert _sha256(a.path) == _sha256(b.path)
+
+
+def test_resumed_run_writes_the_same_bytes_as_a_fresh_one(corpus):
+    clips, calls, root = corpus
+    fresh = run_extraction(clips, root / "fresh" / "kp.h5", fake_extract, workers=2,
+                           progress=False)
+    out = root / "resumed" / "kp.h5"
+    broken = [dict(c) for c in clips]
+    broken[5]["action"] = "interrupt"
+    with pytest.raises(KeyboardInterrupt):
+        run_extraction(broken, out, fake_extract, workers=2, progress=False)
+    s = run_extraction(clips[::-1], out, fake_extract, workers=0, progress=False)
+    assert s.reused > 0 and _sha256(out) != _sha256(fresh.path)  # another list order...
+    s = run_extraction(clips, out, fake_extract, workers=2, progress=False)
+    assert s.reused == 8 and _sha256(out) == _sha256(fresh.path)  # ...the same as fresh
+
+
+def test_signature_follows_content_not_location_or_mtime(tmp_path, monkeypatch):
+    """A clone elsewhere (same relative path, same bytes) keeps the signature; a changed
+    byte, size, frame range or parameter changes it."""
+    rng = np.random.default_rng(0)
+    for size in (1000, 5 << 20):  # read whole; sampled (first, middle, last MiB)
+        data = rng.integers(0, 256, size, np.uint8).tobytes()
+        for clone in ("a", "b"):
+            (tmp_path / clone / "videos").mkdir(parents=True, exist_ok=True)
+            (tmp_path / clone / "videos" / "v.avi").write_bytes(data)
+        os.utime(tmp_path / "b" / "videos" / "v.avi", (1, 1))
+
+        def sig(where, video="videos/v.avi", start=0, end=10, **params):
+            monkeypatch.chdir(tmp_path / where)
+            return clip_signature(video, start, end, backend="mediapipe",
+                                  **{"model_complexity": 1, **params})
+
+        assert sig("a") == sig("b")
+        assert str(tmp_path) not in sig("a") and "mtime" not in sig("a")
+        digests = {}
+        assert clip_signature("videos/v.avi", 0, 10, digests=digests, backend="mediapipe",
+                              model_complexity=1) == sig("a") and list(digests) == ["videos/v.avi"]
+        assert sig("a", start=1) != sig("a") and sig("a", model_complexity=2) != sig("a")
+        for offset in (0, size // 2, size - 1):
+            changed = bytearray(data)
+            changed[offset] ^= 0xFF
+            (tmp_path / "b" / "videos" / "v.avi").write_bytes(bytes(changed))
+            assert sig("b") != sig("a"), offset
+        (tmp_path / "b" / "videos" / "v.avi").write_bytes(data + b"\0")
+        assert sig("b") != sig("a")
+    with pytest.raises(FileNotFoundError):
+        sig("a", video="videos/missing.avi")
+
+
+def test_source_is_the_path_as_given(corpus, monkeypatch):
+    clips, calls, root = corpus
+    monkeypatch.chdir(root)
+    rel = [{**c, "video": Path(c["video"]).name} for c in clips[:2]]
+    run_extraction(rel, root / "kp.h5", fake_extract, workers=0, progress=False)
+    assert read_clip(root / "kp.h5", "c1")[1]["source"] == "c1.npy"
+
+
+# ---- non-finite keypoints ----------------------------------------------------------------------
+
+def test_nonfinite_keypoints_become_unseen_and_are_counted(corpus):
+    clips, calls, root = corpus
+    kp = np.load(clips[0]["video"])
+    kp[0, 3, 0], kp[1, 5, 2], kp[2, 7, 1] = np.nan, np.inf, -np.inf
+    np.save(clips[0]["video"], kp)
+    np.save(clips[1]["video"], np.full((4, 68, 3), np.nan, np.float32))  # nobody, only NaN
+    s = run_extraction(clips[:3], root / "kp.h5", fake_extract, workers=0, progress=False)
+    assert s.done == 2 and dict(s.skipped) == {"c1": "no person found in any frame"}
+    got, attrs = read_clip(root / "kp.h5", "c0")
+    assert np.isfinite(got).all() and attrs["nonfinite_cleaned"] == 3
+    assert (got[0, 3] == 0).all() and (got[1, 5] == 0).all() and (got[2, 7] == 0).all()
+    np.testing.assert_array_equal(np.delete(got[0], 3, 0), np.delete(kp[0], 3, 0))
+    assert "nonfinite_cleaned" not in read_clip(root / "kp.h5", "c2")[1]
+
+
+# ---- workers' stderr ----------------------------------------------------------------------------
+
+def test_worker_stderr_loses_known_noise_only(corpus, capfd):
+    """Known MediaPipe/TFLite noise goes; anything else reaches our stderr, even a worker's
+    last line before it aborts."""
+    clips, calls, root = corpus
+    clips = [{**c, "action": a} for c, a in zip(clips[:3], ("stderr", "fatal", None))]
+    s = run_extraction(clips, root / "kp.h5", fake_extract, workers=2, progress=False)
+    err = capfd.readouterr().err
+    assert s.done == 2 and sorted(dict(s.skipped)) == ["c1"]
+    assert "E0000 real error in c0" in err and "E0000 real error in c1" in err
+    assert "inference_feedback_manager" not in err and "XNNPACK" not in err, err
+
+
+MEDIAPIPE_IN_WORKER = """
+import sys
+from functools import partial
+from mgpipe.keypoints import extract_mediapipe_clip, run_extraction
+
+if __name__ == "__main__":
+    clips = [{"clip_id": "car", "video": sys.argv[1], "start_frame": 0, "end_frame": 10,
+              "signature": "s"}]
+    s = run_extraction(clips, sys.argv[2], partial(extract_mediapipe_clip, model_complexity=1),
+                       workers=1, progress=False)
+    print(s.done, s.skipped)
+"""
+
+
+@pytest.mark.shared
+def test_mediapipe_workers_stderr_has_no_known_noise(shared_media, tmp_path):
+    """MediaPipe's C++ warnings (feedback tensors, XNNPACK, absl) are not in the stage's
+    stderr, captured at the file-descriptor level of a separate process."""
+    script = tmp_path / "run.py"
+    script.write_text(MEDIAPIPE_IN_WORKER)
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(script), str(shared_media / "carphone-upper-body.mp4"),
+                        str(tmp_path / "kp.h5")], capture_output=True, text=True, timeout=300,
+                       cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    assert r.returncode == 0 and r.stdout.strip() == "1 []", r.stderr
+    for noise in ("inference_feedback_manager", "XNNPACK", "absl::InitializeLog", "NORM_RECT"):
+        assert noise not in r.stderr, r.stderr
