@@ -152,6 +152,27 @@ def _landmarks(lms, width: int, height: int, n: int, score: bool) -> np.ndarray 
     return np.array([(p.x * width, p.y * height) for p in pts], np.float32)
 
 
+def mediapipe_model_problem(model_complexity: int) -> str:
+    """Why Holistic at ``model_complexity`` cannot run offline ("" when it can). mediapipe
+    0.10.21's wheel carries the pose landmark model of complexity 1 only; 0 (lite) and 2
+    (heavy) are downloaded into the package at first use, which fails without network (on
+    clusters and behind firewalls) and is not reproducible."""
+    name = {0: "lite", 1: "full", 2: "heavy"}[model_complexity]
+    from importlib.util import find_spec
+
+    spec = find_spec("mediapipe")
+    if spec is None or not spec.submodule_search_locations:
+        return "mediapipe is not installed; pip install mediapipe==0.10.21"
+    model = Path(list(spec.submodule_search_locations)[0]) / "modules" / "pose_landmark" / \
+        f"pose_landmark_{name}.tflite"
+    if model.is_file():
+        return ""
+    return (f"keypoints.model_complexity: {model_complexity} needs {model.name}, which the "
+            f"mediapipe wheel does not ship (it downloads it at first use: that fails offline "
+            f"and is not reproducible); use keypoints.model_complexity: 1, or place the file at "
+            f"{model}")
+
+
 def mediapipe_version() -> str:
     """Installed mediapipe version, without importing it."""
     from importlib.metadata import version

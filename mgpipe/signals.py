@@ -32,7 +32,7 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -174,3 +174,15 @@ def worker_pool(workers: int, mp_context=None) -> Iterator[ProcessPoolExecutor]:
         terminate_pool(ex)
         raise
     ex.shutdown(wait=True)
+
+
+def run_interruptible(stage: str, work: Callable[[], int], kept: str) -> int:
+    """``work()`` (a stage's main) with SIGTERM/SIGINT raising ``Interrupted``; on one, print
+    "<stage>: interrupted by SIGTERM; <kept>" and return 128 + the signal number. ``kept``
+    says what survives for the rerun."""
+    try:
+        with raise_on_signals():
+            return work()
+    except Interrupted as e:
+        print(f"{stage}: interrupted by {e.name}; {kept}", file=sys.stderr)
+        return e.exit_code

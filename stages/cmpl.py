@@ -17,6 +17,7 @@ from mgpipe.cmpl import run_cmpl
 from mgpipe.io import read_manifest
 from mgpipe.params import load_params
 from mgpipe.provenance import code_fingerprint, import_closure
+from mgpipe.signals import run_interruptible
 from mgpipe.train import branch_config, branch_data, train_branch
 
 
@@ -54,4 +55,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_interruptible("cmpl", main, "finished rounds are kept in models/cmpl "
+                               "(round<r>/done.json); rerun to resume after them"))

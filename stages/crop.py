@@ -20,7 +20,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from mgpipe.crop import crop_clip, crop_sheet
-from mgpipe.io import atomic_path, write_csv_atomic
+from mgpipe.io import atomic_path, read_manifest, write_csv_atomic
 from mgpipe.params import load_params
 from mgpipe.signals import Interrupted, raise_on_signals, worker_pool
 from mgpipe.video import read_frames
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
 def crop(args) -> int:
     cfg = load_params(args.params)["rgb"]
     workers = cfg.get("workers") or 1
-    m = pd.read_csv(args.manifest, keep_default_na=False)
+    m = read_manifest(args.manifest)
     out = Path(args.out)
     with_video = m[m.video != ""]
     kps = {}

@@ -29,6 +29,7 @@ from mgpipe.evaluate import coverage, evaluate_rounds
 from mgpipe.io import read_manifest, read_skips, write_csv_atomic, write_json_atomic
 from mgpipe.metrics import predicted_classes
 from mgpipe.params import load_params
+from mgpipe.signals import run_interruptible
 
 
 def skip_files(branch_input: str, interim: Path) -> list[Path]:
@@ -131,4 +132,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_interruptible("fuse", main, "each file is written whole, but some may be "
+                               "from the previous run; rerun"))

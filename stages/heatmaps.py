@@ -20,6 +20,7 @@ from tqdm import tqdm
 from mgpipe.heatmaps import render_clip, write_heatmaps_h5
 from mgpipe.io import SKIP_COLUMNS, read_manifest, read_skips, write_csv_atomic
 from mgpipe.params import load_params
+from mgpipe.signals import run_interruptible
 
 
 def main(argv=None) -> int:
@@ -65,4 +66,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_interruptible("heatmaps", main, "no output written (files appear only when "
+                               "complete); rerun"))

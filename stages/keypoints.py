@@ -26,9 +26,10 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from mgpipe.io import write_csv_atomic
+from mgpipe.io import read_manifest, write_csv_atomic
 from mgpipe.keypoints import (clip_signature, count_clips, extract_mediapipe_clip, merge_shards,
-                              parse_shard, run_extraction, shard_path, work_path)
+                              mediapipe_model_problem, parse_shard, run_extraction, shard_path,
+                              work_path)
 from mgpipe.params import load_params
 from mgpipe.signals import Interrupted, raise_on_signals
 
@@ -41,11 +42,6 @@ def provided_clip(clip: dict, path: str) -> tuple[np.ndarray, dict]:
     info = dict(source=clip.get("video") or source, fps=clip["fps"], width=clip["width"],
                 height=clip["height"], detector=f"provided:{source}", detector_version="")
     return kp, info
-
-
-def _read_manifest(path) -> pd.DataFrame:
-    # Text columns stay text: clip "007" is not the number 7.
-    return pd.read_csv(path, keep_default_na=False, dtype={"clip_id": str, "video": str})
 
 
 def main(argv=None) -> int:
@@ -64,11 +60,11 @@ def main(argv=None) -> int:
         shards = sorted(glob.glob(str(shard_path(out, 0, 1)).replace("-0-of-1", "-*-of-*")))
         if not shards:
             ap.error(f"no shard files beside {out}; run with --shard i/n first")
-        order = list(_read_manifest(args.manifest).clip_id)
+        order = list(read_manifest(args.manifest).clip_id)
         n = merge_shards(shards, out, order=order)  # same bytes as an unsharded run
         print(f"keypoints: merged {n} clips from {len(shards)} shards")
         return 0
-    clips = _read_manifest(args.manifest).to_dict("records")
+    clips = read_manifest(args.manifest).to_dict("records")
     backend = cfg.get("backend", "provided")
     if backend == "provided":
         with h5py.File(args.provided, "r") as f:
@@ -80,6 +76,10 @@ def main(argv=None) -> int:
                 c["signature"] = "provided:" + hashlib.sha1(f[c["clip_id"]]["kp"][()].tobytes()).hexdigest()
         extract_fn, workers = functools.partial(provided_clip, path=args.provided), 0
     elif backend == "mediapipe":
+        problem = mediapipe_model_problem(int(cfg["model_complexity"]))
+        if problem:
+            print(f"keypoints: {problem}", file=sys.stderr)
+            return 2
         opts = dict(model_complexity=int(cfg.get("model_complexity", 1)),
                     min_detection_confidence=float(cfg.get("min_detection_confidence", 0.5)))
         missing = [c["clip_id"] for c in clips if not c["video"]]

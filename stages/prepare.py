@@ -19,6 +19,7 @@ from mgpipe.datasets import DatasetError, load_dataset
 from mgpipe.io import atomic_path, write_csv_atomic, write_json_atomic
 from mgpipe.manifest import build_manifest
 from mgpipe.params import load_params
+from mgpipe.signals import run_interruptible
 
 
 def main(argv=None) -> int:
@@ -73,4 +74,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_interruptible("prepare", main, "no output written (files appear only when "
+                               "complete); rerun"))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mgpipe.io import write_text_atomic
 from mgpipe.params import load_params
+from mgpipe.signals import run_interruptible
 from mgpipe.synth import SynthConfig, generate
 
 
@@ -45,4 +46,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_interruptible("synth", main, "rerun to generate the dataset again"))

@@ -17,7 +17,12 @@ import numpy as np
 from mgpipe.io import read_manifest, write_json_atomic
 from mgpipe.metrics import chance_macro_f1
 from mgpipe.params import load_params
+from mgpipe.signals import run_interruptible
 from mgpipe.train import branch_config, branch_data, train_branch
+
+
+def _branch_arg() -> str:
+    return sys.argv[sys.argv.index("--branch") + 1] if "--branch" in sys.argv[:-1] else "?"
 
 
 def main(argv=None) -> int:
@@ -90,4 +95,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_interruptible(f"train@{_branch_arg()}", main,
+                               "its logits.npz is not written; rerun to train the branch again"))

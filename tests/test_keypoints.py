@@ -523,3 +523,13 @@ def test_mediapipe_workers_stderr_has_no_known_noise(shared_media, tmp_path):
     assert r.returncode == 0 and r.stdout.strip() == "1 []", r.stderr
     for noise in ("inference_feedback_manager", "XNNPACK", "absl::InitializeLog", "NORM_RECT"):
         assert noise not in r.stderr, r.stderr
+
+
+def test_only_the_model_the_wheel_ships_is_allowed():
+    """model_complexity 0 and 2 download their models at first use: offline (clusters,
+    firewalls) every clip was skipped with a URLError. The stage now stops with the reason."""
+    from mgpipe.keypoints import mediapipe_model_problem
+
+    assert mediapipe_model_problem(1) == ""
+    assert "pose_landmark_heavy.tflite" in mediapipe_model_problem(2)
+    assert "use keypoints.model_complexity: 1" in mediapipe_model_problem(0)

@@ -350,3 +350,44 @@ def test_crop_stage_sigterm_ends_its_pool(tmp_path, tree_reaper):
     assert f"crop: interrupted by SIGTERM; {out} not written, rerun to start over" in err
     assert _wait_gone(tree, 10) == []
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_sigterm_ends_a_training_stage_cleanly(tmp_path):
+    """Every stage script runs under run_interruptible: SIGTERM mid-training exits with 143
+    and one line, and leaves no temporary checkpoint behind (the default action would kill
+    the process between the temporary file and its rename)."""
+    import pandas as pd
+    import yaml
+
+    from test_train import toy_joints
+
+    arrays, labels = toy_joints(n_per_class=8)
+    ids = list(arrays)
+    with h5py.File(tmp_path / "kp.h5", "w") as f:
+        for cid in ids:
+            f.create_group(cid).create_dataset("kp", data=arrays[cid])
+    split = ["val" if i % 4 == 0 else "test" if i % 4 == 1 else "train" for i in range(len(ids))]
+    pd.DataFrame({"clip_id": ids, "subject": ids, "split": split,
+                  "label": [("abc"[y] if s != "test" else "") for y, s in zip(labels, split)]}
+                 ).to_csv(tmp_path / "manifest.csv", index=False)
+    (tmp_path / "classes.json").write_text(json.dumps(["a", "b", "c"]))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"branches": {"stcnn": {
+        "input": str(tmp_path / "kp.h5"), "epochs": 100000, "batch_size": 4,
+        "model": {"channels": [8], "strides": [1]}}}}))
+    out = tmp_path / "models"
+    p = subprocess.Popen([sys.executable, "stages/train.py", "--branch", "stcnn", "--params",
+                          str(tmp_path / "params.yaml"), "--interim", str(tmp_path), "--out",
+                          str(out), "--metrics", str(tmp_path / "m.json")],
+                         cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    deadline = time.monotonic() + WAIT
+    while not (out / "last.pt").exists() and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.1)
+    assert (out / "last.pt").exists(), p.communicate()
+    time.sleep(0.3)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=WAIT)
+    assert p.returncode == 143, err
+    assert "train@stcnn: interrupted by SIGTERM; its logits.npz is not written" in err
+    assert "Traceback" not in err
+    assert sorted(x.name for x in out.iterdir()) in (["best.pt", "last.pt"], ["last.pt"])
