@@ -31,8 +31,6 @@ MODEL_KEYS = {
 }
 CSV_COLUMNS = ("video", "subject", "label", "split", "clip_id", "start_frame", "end_frame")
 
-PositiveInt = Field(ge=1)
-
 
 class ParamsError(ValueError):
     """params.yaml breaks the schema; the message names each bad key path and the fix."""
