@@ -14,9 +14,9 @@ from mgpipe.metrics import classification_metrics
 from mgpipe.pseudo import pseudo_label_report
 
 
-def hidden_test_labels(path: str | Path, test_ids, classes: list[str]) -> np.ndarray:
-    """Test labels [N] as class indices in ``test_ids`` order; -1 where unknown."""
-    t = pd.read_csv(path, keep_default_na=False, dtype=str)
+def hidden_test_labels(t: pd.DataFrame, test_ids, classes: list[str]) -> np.ndarray:
+    """Test labels [N] (from test_labels.csv's table ``t``) as class indices in ``test_ids``
+    order; -1 where unknown."""
     index = {c: i for i, c in enumerate(classes)}
     lab = dict(zip(t.clip_id, t.label))
     return np.array([index.get(lab.get(c, ""), -1) for c in test_ids], np.int64)
@@ -41,7 +41,8 @@ def evaluate_round(logits: dict[str, dict], val_ids: list[str], val_labels: np.n
     and a clip no branch has counts as wrong. val_labels / test_labels: class index per id of
     val_ids / test_ids (-1 = unknown). weights: "equal", "fit" (maximise validation macro-F1)
     or {branch: w}. Returns temperatures, weights, val/test metrics per branch and fused, the
-    calibrated test probabilities per branch and fused (NaN rows: no prediction)."""
+    calibrated val and test probabilities per branch and the fused test ones (NaN rows: no
+    prediction)."""
     val_z = {b: aligned(z["val_ids"], z["val_logits"], val_ids) for b, z in logits.items()}
     test_z = {b: aligned(z["test_ids"], z["test_logits"], test_ids) for b, z in logits.items()}
 
@@ -68,6 +69,7 @@ def evaluate_round(logits: dict[str, dict], val_ids: list[str], val_labels: np.n
                  **{b: _metrics(p, test_labels) for b, p in test_p.items()}},
         "fused_test_probs": fused_test,
         "test_probs": test_p,
+        "val_probs": val_p,
     }
 
 
@@ -85,9 +87,10 @@ def evaluate_rounds(rounds: dict, manifest: pd.DataFrame, classes: list[str],
     val_labels = np.array([index[x] for x in val.label], np.int64)
     test_ids = list(manifest[manifest.split == "test"].clip_id)
     # test clips prepare skipped (unreadable video, ...) are still scored: as wrong
-    listed = pd.read_csv(test_labels_path, keep_default_na=False, dtype=str).clip_id
-    test_ids += [c for c in listed if c not in set(test_ids)]
-    truth = hidden_test_labels(test_labels_path, test_ids, classes)
+    listed = pd.read_csv(test_labels_path, keep_default_na=False, dtype=str)
+    in_manifest = set(test_ids)
+    test_ids += [c for c in listed.clip_id if c not in in_manifest]
+    truth = hidden_test_labels(listed, test_ids, classes)
     pos = {c: i for i, c in enumerate(test_ids)}
     results = []
     for r in sorted(rounds["logits"], key=int):
@@ -106,14 +109,14 @@ def evaluate_rounds(rounds: dict, manifest: pd.DataFrame, classes: list[str],
     return results, truth, test_ids
 
 
-def coverage(z: dict, ids: dict[str, list[str]], reasons: dict[str, str]) -> dict:
-    """How many of the val and test clips ``ids`` ({"val": [...], "test": [...]}) one
-    branch's logits (``z``: val_ids, test_ids) lack, and why (``reasons``: clip_id -> the
-    skip recorded by the stage that dropped the clip)."""
+def coverage(ids: dict[str, list[str]], probs: dict[str, np.ndarray],
+             reasons: dict[str, str]) -> dict:
+    """How many val and test clips one branch has no prediction for (a NaN row of its
+    ``probs[split]``, rows in ``ids[split]`` order), and why (``reasons``: clip_id -> the skip
+    recorded by the stage that dropped the clip)."""
     entry = {}
-    for split, key in (("val", "val_ids"), ("test", "test_ids")):
-        has = set(map(str, z[key]))
-        missing = [c for c in ids[split] if c not in has]
+    for split in ("val", "test"):
+        missing = [c for c, row in zip(ids[split], probs[split]) if np.isnan(row).any()]
         why: dict[str, int] = {}
         for c in missing:
             reason = reasons.get(c, "not in the branch's input file (no skip recorded)")

@@ -17,9 +17,8 @@ def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
 
 def predicted_classes(scores: np.ndarray) -> np.ndarray:
     """argmax per row of scores [N, C] -> [N] int64; -1 for rows with NaN (no prediction)."""
-    scores = np.asarray(scores)
-    missing = np.isnan(scores).any(1) if scores.size else np.zeros(len(scores), bool)
-    return np.where(missing, -1, np.nan_to_num(scores, nan=0.0).argmax(1) if scores.size else 0)
+    scores = np.asarray(scores, dtype=np.float64)
+    return np.where(np.isnan(scores).any(1), -1, np.nan_to_num(scores, nan=0.0).argmax(1))
 
 
 def classification_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -176,13 +176,14 @@ def worker_pool(workers: int, mp_context=None) -> Iterator[ProcessPoolExecutor]:
     ex.shutdown(wait=True)
 
 
-def run_interruptible(stage: str, work: Callable[[], int], kept: str) -> int:
+def run_interruptible(stage: str, work: Callable[[], int], kept: str | Callable[[], str]) -> int:
     """``work()`` (a stage's main) with SIGTERM/SIGINT raising ``Interrupted``; on one, print
     "<stage>: interrupted by SIGTERM; <kept>" and return 128 + the signal number. ``kept``
-    says what survives for the rerun."""
+    says what survives for the rerun (a callable: worked out after the interruption)."""
     try:
         with raise_on_signals():
             return work()
     except Interrupted as e:
-        print(f"{stage}: interrupted by {e.name}; {kept}", file=sys.stderr)
+        print(f"{stage}: interrupted by {e.name}; {kept() if callable(kept) else kept}",
+              file=sys.stderr)
         return e.exit_code

@@ -84,25 +84,27 @@ def count_packets(path: str | Path) -> int | None:
     try:
         if not cap.isOpened() or not cap.set(cv2.CAP_PROP_FORMAT, -1):
             return None
-        n = 0
-        while cap.grab():
-            n += 1
-        return n
+        return _grab_all(cap)
     finally:
         cap.release()
+
+
+def _grab_all(cap: cv2.VideoCapture) -> int:
+    """Frames (or raw packets) ``cap`` yields from where it is until the first failure."""
+    n = 0
+    while cap.grab():
+        n += 1
+    return n
 
 
 def decodable_frames(path: str | Path) -> int:
     """Frames of a video that decode, counted by decoding from the start until the first
     failure (as :func:`read_frames` reads them). Slow on long videos: for headers that lie."""
     cap = cv2.VideoCapture(str(path))
-    n = 0
     try:
-        while cap.grab():
-            n += 1
+        return _grab_all(cap)
     finally:
         cap.release()
-    return n
 
 
 def read_frames(path: str | Path, indices: np.ndarray, start: int = 0,

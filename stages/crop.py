@@ -22,7 +22,7 @@ from tqdm import tqdm
 from mgpipe.crop import crop_clip, crop_sheet
 from mgpipe.io import atomic_path, read_manifest, write_csv_atomic
 from mgpipe.params import load_params
-from mgpipe.signals import Interrupted, raise_on_signals, worker_pool
+from mgpipe.signals import run_interruptible, worker_pool
 from mgpipe.video import read_frames
 
 
@@ -45,13 +45,8 @@ def main(argv=None) -> int:
     ap.add_argument("--keypoints", default="data/interim/keypoints.h5")
     ap.add_argument("--out", default="data/processed/rgb.h5")
     args = ap.parse_args(argv)
-    try:
-        with raise_on_signals():
-            return crop(args)
-    except Interrupted as e:
-        print(f"crop: interrupted by {e.name}; {args.out} not written, rerun to start over",
-              file=sys.stderr)
-        return e.exit_code
+    return run_interruptible("crop", lambda: crop(args),
+                             f"{args.out} not written, rerun to start over")
 
 
 def crop(args) -> int:

@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 
 from mgpipe import report
-from mgpipe.cmpl import load_logits
 from mgpipe.evaluate import coverage, evaluate_rounds
 from mgpipe.io import read_manifest, read_skips, write_csv_atomic, write_json_atomic
 from mgpipe.metrics import predicted_classes
@@ -66,11 +65,10 @@ def main(argv=None) -> int:
         return {"fused": res["test"]["fused"],
                 "branch": {b: v for b, v in res["test"].items() if b != "fused"}}
 
-    logits = {b: load_logits(p) for b, p in rounds["logits"][str(rounds["rounds"])].items()}
-    reasons = {b: read_skips(skip_files(params["branches"].get(b, {}).get("input", ""), interim))
-               for b in logits}
     ids = {"val": list(manifest[manifest.split == "val"].clip_id), "test": test_ids}
-    cover = {b: coverage(z, ids, reasons[b]) for b, z in logits.items()}
+    cover = {b: coverage(ids, {"val": last["val_probs"][b], "test": p}, read_skips(
+                 skip_files(params["branches"].get(b, {}).get("input", ""), interim)))
+             for b, p in last["test_probs"].items()}
     write_json_atomic(out / "metrics.json", {
         "test_clips": len(test_ids),
         "test": summary(last),

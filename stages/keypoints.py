@@ -31,7 +31,7 @@ from mgpipe.keypoints import (clip_signature, count_clips, extract_mediapipe_cli
                               mediapipe_model_problem, parse_shard, run_extraction, shard_path,
                               work_path)
 from mgpipe.params import load_params
-from mgpipe.signals import Interrupted, raise_on_signals
+from mgpipe.signals import run_interruptible
 
 
 def provided_clip(clip: dict, path: str) -> tuple[np.ndarray, dict]:
@@ -96,14 +96,14 @@ def main(argv=None) -> int:
     else:
         ap.error(f"keypoints.backend: {backend!r}; use provided or mediapipe")
     shard = parse_shard(args.shard) if args.shard else None
-    try:
-        with raise_on_signals():
-            summary = run_extraction(clips, out, extract_fn, workers, shard=shard)
-    except Interrupted as e:
-        partial = work_path(out, shard)
-        print(f"keypoints: interrupted by {e.name}; {count_clips(partial)} finished clips kept "
-              f"in {partial}, rerun to resume", file=sys.stderr)
-        return e.exit_code
+    partial = work_path(out, shard)
+    return run_interruptible(
+        "keypoints", lambda: extract(clips, out, extract_fn, workers, shard, backend),
+        lambda: f"{count_clips(partial)} finished clips kept in {partial}, rerun to resume")
+
+
+def extract(clips, out: Path, extract_fn, workers, shard, backend: str) -> int:
+    summary = run_extraction(clips, out, extract_fn, workers, shard=shard)
     skipped = pd.DataFrame(summary.skipped, columns=["clip_id", "reason"])
     skipped.insert(1, "stage", "keypoints")
     write_csv_atomic(out.with_name("keypoints_skipped.csv"), skipped)

@@ -21,10 +21,6 @@ from mgpipe.signals import run_interruptible
 from mgpipe.train import branch_config, branch_data, train_branch
 
 
-def _branch_arg() -> str:
-    return sys.argv[sys.argv.index("--branch") + 1] if "--branch" in sys.argv[:-1] else "?"
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,6 +33,11 @@ def main(argv=None) -> int:
     params = load_params(args.params)
     if args.branch not in params.get("branches", {}):
         ap.error(f"branch {args.branch!r} is not in params.yaml's branches block")
+    return run_interruptible(f"train@{args.branch}", lambda: train(args, params),
+                             "its logits.npz is not written; rerun to train the branch again")
+
+
+def train(args, params: dict) -> int:
     out = Path(args.out or f"models/train/{args.branch}")
     metrics_path = Path(args.metrics or f"metrics/train/{args.branch}.json")
     manifest = read_manifest(Path(args.interim) / "manifest.csv")
@@ -95,5 +96,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_interruptible(f"train@{_branch_arg()}", main,
-                               "its logits.npz is not written; rerun to train the branch again"))
+    sys.exit(main())

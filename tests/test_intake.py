@@ -20,6 +20,7 @@ import mgpipe.manifest
 import mgpipe.video
 from mgpipe.datasets import DatasetError, load_csv, load_dataset, load_imigue, load_synth
 from mgpipe.manifest import build_manifest
+from mgpipe.synth import read_video
 from mgpipe.video import probe_video
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,15 +204,7 @@ def test_probe_real_clips(shared_media, tmp_path):
     assert clips
     for clip in clips:
         assert probe_video(clip).frames == count_by_decoding(clip) == header_frames(clip), clip
-    src = shared_media / "makeup-upper-body.avi"
-    cap = cv2.VideoCapture(str(src))
-    frames = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(f)
-    cap.release()
+    frames = read_video(shared_media / "makeup-upper-body.avi")
     full = tmp_path / "makeup-mjpg.avi"
     vw = cv2.VideoWriter(str(full), cv2.VideoWriter_fourcc(*"MJPG"), 25, frames[0].shape[1::-1])
     for f in frames:
