@@ -12,6 +12,7 @@ lives in the evaluation code (stages/fuse.py).
 Layout of ``out_dir`` (models/cmpl):
     round<r>/<branch>/{best.pt,last.pt,logits.npz}   retrained models
     round<r>/pseudo_<branch>.csv                      clip_id, label, confidence
+    round<r>/started.json                             signature (a killed round resumes)
     round<r>/done.json                                signature, temperatures, counts
     rounds.json                                       logits file per round and branch
 """
@@ -115,7 +116,11 @@ def run_cmpl(cfg: dict, branches: list[str], round0: dict[str, Path], manifest_p
             summaries.append(json.loads(done.read_text())["summary"])
             paths[r] = {b: rdir / b / "logits.npz" for b in branches}
             continue
-        shutil.rmtree(rdir, ignore_errors=True)  # a half-finished or stale round: redo it
+        started = rdir / "started.json"
+        if not (started.is_file() and json.loads(started.read_text()).get("signature") == sig):
+            shutil.rmtree(rdir, ignore_errors=True)  # a stale round: redo it
+        # a half-finished round of the same signature is kept: its retrainings resume
+        write_json_atomic(started, {"signature": sig})
         logits = {b: load_logits(paths[r - 1][b]) for b in branches}
         pseudo, temps = pseudo_labels_for_round(logits, val_ids, val_labels, test_ids, cfg,
                                                train_counts)
@@ -128,7 +133,7 @@ def run_cmpl(cfg: dict, branches: list[str], round0: dict[str, Path], manifest_p
             if len(p) == 0:  # same data, same seed: retraining would give the same model
                 log(f"cmpl: round {r}/{rounds}, {b}: no test clip passes; keeping the round "
                     f"{r - 1} model")
-                shutil.copytree(Path(paths[r - 1][b]).parent, rdir / b)
+                shutil.copytree(Path(paths[r - 1][b]).parent, rdir / b, dirs_exist_ok=True)
                 continue
             log(f"cmpl: round {r}/{rounds}, {b}: {len(p)} pseudo-labelled test clips; retraining")
             retrain(b, dict(zip(p.clip_id, p.label.astype(int))), rdir / b)

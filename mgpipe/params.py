@@ -52,6 +52,8 @@ class SynthParams(_Block):
     height: int = Field(120, ge=32)
     frames: int = Field(40, ge=2)
     fps: int = Field(25, ge=1)
+    layout: Literal["clips", "imigue"] = "clips"
+    idle_frames: int = Field(20, ge=0)
 
 
 class CsvParams(_Block):
@@ -149,7 +151,6 @@ class PrepareParams(_Block):
 
 class KeypointsParams(_Block):
     backend: Literal["provided", "mediapipe"] = "provided"
-    workers: int = Field(0, ge=0)
     model_complexity: Literal[0, 1, 2] = 1
     min_detection_confidence: float = Field(0.5, ge=0, le=1)
 
@@ -158,7 +159,6 @@ class RgbParams(_Block):
     frames: int = Field(8, ge=1)
     size: int = Field(48, ge=8)
     margin: float = Field(0.3, ge=0)
-    workers: int = Field(2, ge=0)
 
 
 class HeatmapsParams(_Block):
@@ -176,16 +176,31 @@ class HeatmapsParams(_Block):
 
 
 class TrainParams(_Block):
-    launcher: str = "python"
     seed: int = Field(0, ge=0)
-    workers: int = Field(0, ge=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
-    channels_last: bool = False
-    compile: bool = False
     deterministic: bool = True
     sync_bn: bool = True
+
+
+class RuntimeParams(_Block):
+    """How fast, not what: no stage lists this block in dvc.yaml, so changing it reruns
+    nothing (the outputs do not depend on it)."""
+    launcher: str = "python"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    loader_workers: int = Field(0, ge=0)
+    keypoint_workers: int = Field(0, ge=0)
+    crop_workers: int = Field(2, ge=0)
+    heatmap_workers: int = Field(0, ge=0)
+    compile: bool = False
+    channels_last: bool = False
     eval_batch_size: int = Field(32, ge=1)
+
+    @field_validator("launcher")
+    @classmethod
+    def _launcher(cls, v: str) -> str:
+        if not v.split():
+            raise ValueError("give a command, e.g. python or torchrun --standalone --nproc_per_node 8")
+        return v
 
 
 class LossParams(_Block):
@@ -236,6 +251,7 @@ class Params(_Block):
     rgb: RgbParams = RgbParams()
     heatmaps: HeatmapsParams = HeatmapsParams()
     train: TrainParams = TrainParams()
+    runtime: RuntimeParams = RuntimeParams()
     loss: LossParams = LossParams()
     branches: dict[Literal[BRANCHES], BranchParams] = {}  # type: ignore[valid-type]
     cmpl: CmplParams = CmplParams()
@@ -271,9 +287,20 @@ def _keys_at(loc: tuple) -> list[str] | None:
     return None
 
 
+# Keys that moved to the runtime block (they change speed, not results).
+MOVED = {"train.launcher": "runtime.launcher", "train.workers": "runtime.loader_workers",
+         "train.device": "runtime.device", "train.compile": "runtime.compile",
+         "train.channels_last": "runtime.channels_last",
+         "train.eval_batch_size": "runtime.eval_batch_size",
+         "keypoints.workers": "runtime.keypoint_workers", "rgb.workers": "runtime.crop_workers"}
+
+
 def _message(err: dict) -> str:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("literal[", "dict[", "list["))))
     path = ".".join(str(p) for p in loc if p != "[key]")
+    if err["type"] == "extra_forbidden" and path in MOVED:
+        return (f"{path}: moved to {MOVED[path]} (settings that change speed, not results, "
+                f"live in the runtime block, which no stage depends on)")
     if err["type"] == "extra_forbidden":
         allowed = _keys_at(loc[:-1]) or []
         near = difflib.get_close_matches(str(loc[-1]), allowed, n=1)

@@ -77,3 +77,27 @@ def code_fingerprint(paths: list[str | Path]) -> str:
     for name, full in sorted(entries):
         h.update(name.encode() + b"\0" + full.read_bytes() + b"\0")
     return h.hexdigest()
+
+
+def scripts_run_by(script: str | Path) -> list[Path]:
+    """Stage scripts that ``script`` runs as subprocesses, declared in it as a module-level
+    ``RUNS = ["train.py", ...]`` (names next to it)."""
+    script = Path(script).resolve()
+    for node in ast.parse(script.read_text()).body:
+        if (isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "RUNS" for t in node.targets)
+                and isinstance(node.value, (ast.List, ast.Tuple))):
+            return [script.with_name(e.value) for e in node.value.elts
+                    if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+    return []
+
+
+def stage_code(script: str | Path) -> list[str]:
+    """Every file a stage runs: the script, the scripts it runs (``RUNS``) and the mgpipe
+    modules all of them import, as sorted paths relative to the project root (absolute for
+    scripts outside it, e.g. a copy of stages/ that imports this checkout's mgpipe)."""
+    script = Path(script).resolve()
+    scripts = [script] + scripts_run_by(script)
+    files = {s.relative_to(ROOT).as_posix() if s.is_relative_to(ROOT) else str(s) for s in scripts}
+    for s in scripts:
+        files.update(import_closure(s))
+    return sorted(files)

@@ -1,14 +1,20 @@
-"""Training one branch: a plain loop in the manner of torchvision's references.
+"""Training one branch: a plain loop in the manner of torchvision's video reference.
 
-One function, :func:`train_branch`, serves the ``train@<branch>`` stages and every CMPL round
-(which passes pseudo-labelled test clips as extra training data). Single process, or data
-parallel under ``torchrun`` (DDP; gloo on CPU, NCCL on GPU). Checkpoints are plain dicts
-that load with ``torch.load(..., weights_only=True)``.
+:func:`train_branch` serves the ``train@<branch>`` stages and every CMPL round (which passes
+pseudo-labelled test clips as extra training data): set-up, then per epoch
+:func:`train_one_epoch`, :func:`evaluate` and :func:`save_checkpoint`. Single process, or
+data parallel under ``torchrun`` (DDP; gloo on CPU, NCCL on GPU; every collective goes
+through :mod:`mgpipe.distributed`, which checks its tensor is on the training device).
+Checkpoints are plain dicts that load with ``torch.load(..., weights_only=True)``;
+``last.pt`` also holds the optimizer, scheduler and RNG states, so a killed run resumes
+where it stopped and ends with the same weights as an uninterrupted one.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +22,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader
+
+from mgpipe import distributed
 
 from mgpipe.data import ClipDataset
 from mgpipe.io import atomic_path, save_torch_atomic
@@ -25,6 +32,9 @@ from mgpipe.losses import class_weights, orthonormal_anchors, total_loss
 from mgpipe.metrics import classification_metrics
 from mgpipe.models import build_model
 
+# Keys of a train_branch config that change speed, not results (params.yaml's runtime
+# block): left out of the resume signature.
+RUNTIME_KEYS = ("workers", "device", "compile", "channels_last", "eval_batch_size")
 DEFAULTS = dict(epochs=10, batch_size=16, lr=1e-3, weight_decay=1e-4, optimizer="adamw",
                 momentum=0.9, warmup_epochs=1, seed=0, workers=0, amp=True, compile=False,
                 channels_last=False, deterministic=True, sync_bn=True, class_weight="sqrt", ose_weight=0.1,
@@ -37,7 +47,7 @@ class BranchData:
     """Everything one branch trains and predicts on. Labels are class indices; test clips
     carry no label (the hidden test labels never reach training)."""
     modality: str
-    arrays: dict[str, np.ndarray]
+    arrays: Mapping[str, np.ndarray]  # a dict, or mgpipe.data.H5Clips (read per clip)
     num_classes: int
     train_ids: list[str]
     train_labels: list[int]
@@ -83,11 +93,9 @@ class _AllReduceBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         dims = [0] + list(range(2, x.dim()))
         n = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
-        stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), n]))
+        stats = distributed.all_reduce_autograd(torch.cat([x.sum(dims), (x * x).sum(dims), n]))
         c = x.shape[1]
         total = stats[-1]
         mean, var = stats[:c] / total, stats[c:2 * c] / total - (stats[:c] / total) ** 2
@@ -117,11 +125,6 @@ def sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Mod
     return model
 
 
-def _dist_info() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    return world, int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
-
-
 def _device(cfg: dict, local_rank: int) -> torch.device:
     if cfg["device"] == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
@@ -131,10 +134,12 @@ def _device(cfg: dict, local_rank: int) -> torch.device:
 def prefetch_to_device(batches, device: torch.device, host: tuple[int, ...] = ()):
     """Yield each batch (a tuple; its tensors moved to ``device``, except those at the
     positions in ``host``) while the next one is already being copied on a side CUDA
-    stream, so host-to-device copies overlap the training step. On CPU the batches pass
-    through unchanged."""
+    stream, so host-to-device copies overlap the training step. On CPU the tensors are
+    the batch's own (``.to`` of a tensor already there returns it)."""
     if device.type != "cuda":
-        yield from batches
+        for batch in batches:
+            yield tuple(t.to(device) if torch.is_tensor(t) and i not in host else t
+                        for i, t in enumerate(batch))
         return
     stream = torch.cuda.Stream(device)
 
@@ -178,37 +183,164 @@ def predict(model: torch.nn.Module, dataset: ClipDataset, device: torch.device,
 def _input_channels(data: BranchData, cfg: dict) -> int | None:
     if data.modality == "joints":
         return 5 if cfg["motion"] else 3
-    if data.modality == "heatmap":
-        return next(iter(data.arrays.values())).shape[0]
+    if data.modality == "heatmap":  # K, from one clip's stored shape (metadata, when a file)
+        first = next(iter(data.arrays))
+        shape_of = getattr(data.arrays, "shape", None)
+        return (shape_of(first) if callable(shape_of) else data.arrays[first].shape)[0]
     return None
 
 
+@dataclass
+class Criterion:
+    """The loss of one branch: class weights [C] and OSE anchors [C, D] (None: no OSE) on
+    the training device."""
+    weights: torch.Tensor
+    anchors: torch.Tensor | None
+    ose_weight: float
+
+
+def train_one_epoch(net: torch.nn.Module, loader: DataLoader, dataset: ClipDataset,
+                    opt: torch.optim.Optimizer, sched, criterion: Criterion,
+                    device: torch.device, amp: bool = False, channels_last: bool = False
+                    ) -> torch.Tensor:
+    """One pass over ``loader``; returns the summed (total, ce, ose) loss [3] float64 of
+    this process's share of each global batch, on ``device`` (no host sync per step)."""
+    net.train()
+    world = distributed.world_info()[0]
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    for x, aug, y, _ in prefetch_to_device(loader, device, host=(1,)):  # aug: see model_input
+        x = dataset.to_input(x, aug)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        # Global-batch denominators, so DDP's gradient average equals one process's.
+        denom = torch.stack([criterion.weights[y].sum(),
+                             torch.full((), float(len(y)), device=device)])
+        distributed.all_reduce(denom, device, "loss denominators")
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits, emb = net(x)
+        loss = total_loss(logits, emb, y, criterion.weights, criterion.anchors,
+                          criterion.ose_weight, denom[0] / world, denom[1] / world)
+        opt.zero_grad(set_to_none=True)
+        loss.total.backward()
+        opt.step()
+        sched.step()
+        sums += torch.stack([loss.total.detach(), loss.ce.detach(), loss.ose.detach()]).double()
+    return sums
+
+
+def evaluate(model: torch.nn.Module, dataset: ClipDataset, labels: Sequence[int],
+             device: torch.device, batch_size: int = 32, amp: bool = False,
+             channels_last: bool = False) -> tuple[dict, np.ndarray]:
+    """Validation metrics (``classification_metrics``) and the logits [N, C] they come from."""
+    logits = predict(model, dataset, device, batch_size, amp, channels_last)
+    return classification_metrics(logits, np.asarray(labels)), logits
+
+
+def rng_states() -> dict:
+    """This process's RNG states (torch, CUDA, numpy, random) as checkpoint-safe types."""
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                      *map(float, np_state[2:])],
+            "random": _plain(random.getstate())}
+
+
+def set_rng_states(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    name, keys, pos, has_gauss, cached = s["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
+    version, state, gauss = s["random"]
+    random.setstate((version, tuple(state), gauss))
+
+
+def save_checkpoint(path: Path, model, opt, sched, epoch: int, metrics: dict, best: dict,
+                    history: list, rng: list, signature: str, extra: dict) -> None:
+    """``path`` atomically: everything a run needs to go on after ``epoch`` (0-based)."""
+    save_torch_atomic({**extra, "epoch": epoch, "model": model.state_dict(),
+                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                       "metrics": metrics, "best": best, "history": history, "rng": rng,
+                       "signature": signature}, path)
+
+
+def load_checkpoint(path: Path, signature: str, device: torch.device) -> dict | None:
+    """``last.pt`` if it belongs to this run (same signature), else None (start afresh)."""
+    if not path.is_file():
+        return None
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # a truncated file from a kill during an old-style save
+        print(f"{path}: not resumable ({type(e).__name__}: {e}); training from the start")
+        return None
+    return ckpt if ckpt.get("signature") == signature and "scheduler" in ckpt else None
+
+
+def run_signature(branch: str, data: BranchData, cfg: dict, tag: str = "") -> str:
+    """What a checkpoint must match to be resumed: the branch, every config key that changes
+    results, the clips and labels, and ``tag`` (e.g. the code's fingerprint)."""
+    blob = json.dumps({"branch": branch, "tag": tag, "modality": data.modality,
+                       "classes": data.num_classes,
+                       "cfg": {k: v for k, v in _plain(cfg).items() if k not in RUNTIME_KEYS},
+                       "train": [list(data.train_ids), list(map(int, data.train_labels))],
+                       "val": [list(data.val_ids), list(map(int, data.val_labels))],
+                       "test": list(data.test_ids)}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()
+
+
+def make_optimizer(model: torch.nn.Module, cfg: dict, steps_per_epoch: int):
+    """AdamW or SGD (Nesterov) and a per-step schedule: linear warm-up, then cosine to 0."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg["optimizer"] == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"],
+                              weight_decay=cfg["weight_decay"], nesterov=True)
+    elif cfg["optimizer"] == "adamw":
+        opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    else:
+        raise ValueError(f"optimizer {cfg['optimizer']!r}: use adamw or sgd")
+    steps = max(1, steps_per_epoch * cfg["epochs"])
+    warmup = min(steps_per_epoch * cfg["warmup_epochs"], steps - 1)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+
+
 def train_branch(branch: str, data: BranchData, cfg: dict, out_dir: str | Path,
-                 on_epoch: Callable[[int, dict], None] | None = None, progress: bool = True
-                 ) -> dict:
+                 on_epoch: Callable[[int, dict], None] | None = None, progress: bool = True,
+                 resume: bool = True, tag: str = "") -> dict:
     """Train ``branch`` on ``data`` with ``cfg`` (keys of ``DEFAULTS``); keep the checkpoint
     with the best validation macro-F1.
 
-    Writes into ``out_dir``: ``best.pt`` and ``last.pt`` (dicts: model, optimizer, epoch,
-    metrics, config), ``logits.npz`` (val_ids, val_logits, test_ids, test_logits from the
-    best checkpoint; rank 0 only). ``on_epoch(epoch, metrics)`` is called on rank 0 after each
-    epoch (DVCLive logging). Returns the best epoch's validation metrics.
+    Writes into ``out_dir`` (rank 0 only): ``best.pt`` and ``last.pt`` (dicts: model,
+    optimizer, scheduler, epoch, metrics, history, RNG states per rank, config),
+    ``logits.npz`` (val_ids, val_logits, test_ids, test_logits from the best checkpoint).
+    With ``resume``, a ``last.pt`` of the same run (``run_signature`` of branch, config
+    less runtime keys, clips, labels and ``tag``) is continued after its epoch.
+    ``on_epoch(epoch, metrics)`` is called on rank 0 after each epoch (DVCLive logging;
+    replayed for the epochs a resumed run skips). Returns the best epoch's validation metrics.
     """
     cfg = {**DEFAULTS, **cfg}
     out_dir = Path(out_dir)
-    world, rank, local_rank = _dist_info()
+    world, rank, local_rank = distributed.world_info()
     device = _device(cfg, local_rank)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    distributed.init(device)
     torch.manual_seed(cfg["seed"])
     np.random.seed(cfg["seed"])
+    random.seed(cfg["seed"])
     if cfg["deterministic"]:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     amp = bool(cfg["amp"]) and device.type == "cuda"
     channels_last = bool(cfg["channels_last"]) and device.type == "cuda" and data.modality != "joints"
+    evaluate_on = dict(device=device, batch_size=cfg["eval_batch_size"], amp=amp,
+                       channels_last=channels_last)
 
     common = dict(frames=cfg["frames"], motion=cfg["motion"], seed=cfg["seed"],
                   heatmap_mode=data.heatmap_mode)
@@ -236,52 +368,35 @@ def train_branch(branch: str, data: BranchData, cfg: dict, out_dir: str | Path,
         net = torch.compile(net)
 
     counts = np.bincount(np.asarray(data.train_labels, np.int64), minlength=data.num_classes)
-    weights = class_weights(counts, cfg["class_weight"]).to(device)
-    anchors = (orthonormal_anchors(data.num_classes, cfg["embed_dim"], cfg["seed"]).to(device)
-               if cfg["ose_weight"] else None)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg["optimizer"] == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"],
-                              weight_decay=cfg["weight_decay"], nesterov=True)
-    elif cfg["optimizer"] == "adamw":
-        opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    else:
-        raise ValueError(f"optimizer {cfg['optimizer']!r}: use adamw or sgd")
-    steps = max(1, len(sampler) * cfg["epochs"])
-    warmup = min(len(sampler) * cfg["warmup_epochs"], steps - 1)
+    criterion = Criterion(class_weights(counts, cfg["class_weight"]).to(device),
+                          orthonormal_anchors(data.num_classes, cfg["embed_dim"], cfg["seed"]).to(device)
+                          if cfg["ose_weight"] else None, cfg["ose_weight"])
+    opt, sched = make_optimizer(model, cfg, len(sampler))
 
-    def lr_at(step: int) -> float:  # linear warm-up, then cosine to 0
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    best, best_metrics = -1.0, {}
-    for epoch in range(cfg["epochs"]):
+    signature = run_signature(branch, data, cfg, tag)
+    start, best, history = 0, {}, []
+    last = load_checkpoint(out_dir / "last.pt", signature, device) if resume else None
+    if last is not None:
+        model.load_state_dict(last["model"])
+        opt.load_state_dict(last["optimizer"])
+        sched.load_state_dict(last["scheduler"])
+        set_rng_states(last["rng"][rank] if len(last["rng"]) == world else last["rng"][0])
+        start, best, history = last["epoch"] + 1, last["best"], last["history"]
+        if rank == 0:
+            print(f"{branch}: resuming after epoch {start}/{cfg['epochs']} from {out_dir / 'last.pt'}",
+                  flush=True)
+            for epoch, m in enumerate(history):
+                if on_epoch:
+                    on_epoch(epoch, m)
+    extra = {"branch": branch, "config": _plain(cfg), "num_classes": data.num_classes,
+             "modality": data.modality}
+    for epoch in range(start, cfg["epochs"]):
         t0 = time.time()
-        net.train()
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # on the device: no sync per step
-        for x, aug, y, _ in prefetch_to_device(loader, device, host=(1,)):  # aug: see model_input
-            x = train_set.to_input(x, aug)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last_3d)
-            # Global-batch denominators, so DDP's gradient average equals one process's.
-            denom = torch.stack([weights[y].sum(), torch.tensor(float(len(y)), device=device)])
-            if world > 1:
-                dist.all_reduce(denom)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits, emb = net(x)
-            loss = total_loss(logits, emb, y, weights, anchors, cfg["ose_weight"],
-                              denom[0] / world, denom[1] / world)
-            opt.zero_grad(set_to_none=True)
-            loss.total.backward()
-            opt.step()
-            sched.step()
-            sums += torch.stack([loss.total.detach(), loss.ce.detach(), loss.ose.detach()]).double()
-        if world > 1:  # each process holds its share of the global batch loss
-            dist.all_reduce(sums)
+        sums = train_one_epoch(net, loader, train_set, opt, sched, criterion, device, amp,
+                               channels_last)
+        distributed.all_reduce(sums, device, "epoch loss")  # each process: its share
         sums = sums.cpu()
         if not torch.isfinite(sums).all():
             raise FloatingPointError(
@@ -289,38 +404,37 @@ def train_branch(branch: str, data: BranchData, cfg: dict, out_dir: str | Path,
                 f"no checkpoint of this epoch was kept. Look for non-finite values in the "
                 f"branch's input, or lower branches.{branch}.lr")
         seen = max(1, len(sampler)) * world
-        val_logits = predict(model, val_set, device, cfg["eval_batch_size"], amp, channels_last)
-        m = classification_metrics(val_logits, np.asarray(data.val_labels))
+        m, _ = evaluate(model, val_set, data.val_labels, **evaluate_on)
         m.update(loss=float(sums[0] / seen), ce=float(sums[1] / seen), ose=float(sums[2] / seen),
                  lr=float(sched.get_last_lr()[0]), seconds=round(time.time() - t0, 2))
-        improved = m["macro_f1"] > best
+        improved = m["macro_f1"] > best.get("macro_f1", -1.0)
         if improved:
-            best, best_metrics = m["macro_f1"], {**m, "epoch": epoch}
+            best = {**m, "epoch": epoch}
+        history.append(m)
+        rng = distributed.all_gather_objects(rng_states())
         if rank == 0:
-            ckpt = {"branch": branch, "epoch": epoch, "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "metrics": {k: v for k, v in m.items() if k != "seconds"}, "config": _plain(cfg),
-                    "num_classes": data.num_classes, "modality": data.modality}
-            save_torch_atomic(ckpt, out_dir / "last.pt")
+            kept = {k: v for k, v in m.items() if k != "seconds"}
             if improved:
-                save_torch_atomic(ckpt, out_dir / "best.pt")
+                save_torch_atomic({**extra, "epoch": epoch, "model": model.state_dict(),
+                                   "metrics": kept}, out_dir / "best.pt")
+            save_checkpoint(out_dir / "last.pt", model, opt, sched, epoch, kept, best, history,
+                            rng, signature, extra)
             if on_epoch:
                 on_epoch(epoch, m)
             if progress:
                 print(f"{branch} epoch {epoch + 1}/{cfg['epochs']}: loss {m['loss']:.3f} "
                       f"val macro-F1 {m['macro_f1']:.3f} top-1 {m['micro_f1']:.3f} "
                       f"({m['seconds']:.1f}s)", flush=True)
-    if world > 1:
-        dist.barrier()
+    distributed.barrier(device)
     state = torch.load(out_dir / "best.pt", map_location=device, weights_only=True)
     model.load_state_dict(state["model"])
     if rank == 0:
-        val_logits = predict(model, val_set, device, cfg["eval_batch_size"], amp, channels_last)
-        test_logits = predict(model, test_set, device, cfg["eval_batch_size"], amp, channels_last)
+        _, val_logits = evaluate(model, val_set, data.val_labels, **evaluate_on)
+        test_logits = predict(model, test_set, **evaluate_on)
         with atomic_path(out_dir / "logits.npz", suffix=".npz") as tmp, open(tmp, "wb") as f:
             np.savez(f, val_ids=np.array(data.val_ids), val_logits=val_logits,
                      test_ids=np.array(data.test_ids), test_logits=test_logits)
-    return best_metrics
+    return best
 
 
 def _plain(obj):
@@ -335,9 +449,14 @@ def _plain(obj):
 
 
 def branch_config(params: dict, branch: str) -> dict:
-    """params.yaml's train + loss + branches.<branch> blocks as one train_branch config."""
+    """params.yaml's train + loss + branches.<branch> blocks, and the runtime block's
+    speed settings, as one train_branch config."""
     b = {k: v for k, v in params["branches"][branch].items() if k != "input"}
-    return {**params.get("train", {}), **params.get("loss", {}), **b}
+    rt = params.get("runtime", {})
+    speed = {"workers": rt.get("loader_workers", 0), "device": rt.get("device", "auto"),
+             "compile": rt.get("compile", False), "channels_last": rt.get("channels_last", False),
+             "eval_batch_size": rt.get("eval_batch_size", 32)}
+    return {**params.get("train", {}), **speed, **params.get("loss", {}), **b}
 
 
 def branch_data(branch: str, manifest, classes: Sequence[str], input_path: str | Path,
@@ -350,7 +469,7 @@ def branch_data(branch: str, manifest, classes: Sequence[str], input_path: str |
     branches. Raises ValueError when no training clip is left."""
     import h5py
 
-    from mgpipe.data import MODALITY_OF, read_h5_clips
+    from mgpipe.data import MODALITY_OF, H5Clips
 
     modality = MODALITY_OF[branch]
     index = {c: i for i, c in enumerate(classes)}
@@ -374,7 +493,7 @@ def branch_data(branch: str, manifest, classes: Sequence[str], input_path: str |
         raise ValueError(f"{input_path}: none of the {len(split['train'])} training clips is in "
                          f"the file; check the skipped-clip files of the earlier stages")
     ids = list(tr.clip_id) + list(va.clip_id) + list(te.clip_id)
-    arrays = read_h5_clips(input_path, ids, modality)
+    arrays = H5Clips(input_path, ids, modality)  # read per clip: memory bounded by the loader
     return BranchData(
         modality=modality, arrays=arrays, num_classes=len(classes),
         train_ids=list(tr.clip_id) + list(pseudo),

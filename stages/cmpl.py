@@ -1,7 +1,9 @@
 """cmpl: cross-modal pseudo-labelling rounds on the unlabelled test subjects.
 
 `cmpl.rounds` rounds (0 = off): each branch is retrained from scratch on train + the test
-clips that the other modalities label confidently (see mgpipe/cmpl.py). Finished rounds are
+clips that the other modalities label confidently (see mgpipe/cmpl.py). Each retraining runs
+stages/train.py under `runtime.launcher` (e.g. torchrun on 8 GPUs; rank 0 writes), as the
+train stages do; a killed retraining resumes from its last.pt. Finished rounds are
 kept in models/cmpl (a persistent output): a rerun after an interruption, or with more
 rounds, resumes from the last finished round whose params, inputs and code (this script and
 the mgpipe modules it imports) are unchanged. Never reads the hidden test labels.
@@ -10,15 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 from mgpipe.cmpl import run_cmpl
-from mgpipe.io import read_manifest
 from mgpipe.params import load_params
-from mgpipe.provenance import code_fingerprint, import_closure
+from mgpipe.provenance import code_fingerprint, stage_code
 from mgpipe.signals import run_interruptible
-from mgpipe.train import branch_config, branch_data, train_branch
+
+RUNS = ["train.py"]  # stage scripts this one runs (mgpipe.provenance.stage_code reads it)
 
 
 def main(argv=None) -> int:
@@ -32,21 +35,37 @@ def main(argv=None) -> int:
     params = load_params(args.params)
     branches = list(params["branches"])
     manifest_path = Path(args.interim) / "manifest.csv"
-    manifest = read_manifest(manifest_path)
     classes = json.loads((Path(args.interim) / "classes.json").read_text())
     round0 = {b: Path(args.models) / b / "logits.npz" for b in branches}
     missing = [str(p) for p in round0.values() if not p.is_file()]
     if missing:
         ap.error(f"missing round-0 logits {missing}; run the train stages first (dvc repro)")
 
+    train_script = Path(__file__).resolve().with_name(RUNS[0])
+
     def retrain(branch: str, pseudo: dict[str, int], out: Path) -> None:
-        data = branch_data(branch, manifest, classes, params["branches"][branch]["input"], pseudo)
-        train_branch(branch, data, branch_config(params, branch), out)
+        # the round's pseudo_<branch>.csv (written by run_cmpl) holds ``pseudo``
+        cmd = [sys.executable, str(train_script), "--branch", branch, "--params", args.params,
+               "--interim", args.interim, "--out", str(out),
+               "--metrics", str(out / "metrics.json"),
+               "--pseudo", str(out.parent / f"pseudo_{branch}.csv")]
+        proc = subprocess.Popen(cmd)  # the train script applies runtime.launcher itself
+        try:
+            code = proc.wait()
+        except BaseException:  # interrupted: the retraining (and its ranks) end with us
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+        if code != 0:
+            raise SystemExit(f"cmpl: retraining {branch} failed (exit {code}): {' '.join(cmd)}")
 
     train_params = {k: params.get(k) for k in ("train", "loss", "branches")}
     # the code a round runs is part of its signature: edit it and the round is redone
     script = Path(__file__).resolve()
-    code = code_fingerprint([script] + import_closure(script))
+    code = code_fingerprint(stage_code(script))  # this script, train.py, their imports
     summaries = run_cmpl(params["cmpl"], branches, round0, manifest_path, classes,
                          Path(args.out), train_params, retrain, code=code)
     for s in summaries:

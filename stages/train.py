@@ -1,22 +1,29 @@
 """train@<branch>: train one branch on its modality, keep the best checkpoint on the
 validation subjects, write val/test logits and metrics.
 
-Reads params `train`, `loss` and `branches.<branch>`. Multi-GPU / multi-node:
-    torchrun --nproc_per_node 8 stages/train.py --branch swin3d
+Reads params `train`, `loss` and `branches.<branch>` (what is trained) and `runtime` (how
+fast: launcher, device, loader workers; no stage depends on it). With
+`runtime.launcher: "torchrun --standalone --nproc_per_node 8"` the stage re-runs itself
+under that launcher (DDP on 8 GPUs; rank 0 writes). A killed run resumes from last.pt
+when rerun with the same params, data and code. CMPL rounds call this script with
+`--pseudo` (pseudo-labelled test clips join the training set).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from mgpipe.io import read_manifest, write_json_atomic
 from mgpipe.metrics import chance_macro_f1
 from mgpipe.params import load_params
+from mgpipe.provenance import code_fingerprint, stage_code
 from mgpipe.signals import run_interruptible
 from mgpipe.train import branch_config, branch_data, train_branch
 
@@ -29,12 +36,40 @@ def main(argv=None) -> int:
     ap.add_argument("--interim", default="data/interim", help="manifest and classes folder")
     ap.add_argument("--out", default=None, help="default: models/train/<branch>")
     ap.add_argument("--metrics", default=None, help="default: metrics/train/<branch>.json")
+    ap.add_argument("--pseudo", default=None,
+                    help="CSV of pseudo-labelled test clips (clip_id, label) to train on too (CMPL)")
     args = ap.parse_args(argv)
     params = load_params(args.params)
     if args.branch not in params.get("branches", {}):
         ap.error(f"branch {args.branch!r} is not in params.yaml's branches block")
+    launcher = launch_command(params["runtime"]["launcher"])
+    if launcher and not os.environ.get("MGPIPE_LAUNCHED"):  # re-run under the launcher
+        cmd = launcher + [str(Path(__file__).resolve())] + list(sys.argv[1:] if argv is None else argv)
+        print(f"train@{args.branch}: {shlex.join(cmd)}", flush=True)
+        try:
+            os.execvpe(cmd[0], cmd, {**os.environ, "MGPIPE_LAUNCHED": "1"})
+        except OSError as e:
+            ap.error(f"runtime.launcher: cannot run {cmd[0]!r} ({e.strerror}); install it or "
+                     f"set runtime.launcher to python")
     return run_interruptible(f"train@{args.branch}", lambda: train(args, params),
                              "its logits.npz is not written; rerun to train the branch again")
+
+
+def launch_command(launcher: str) -> list[str]:
+    """``runtime.launcher`` as the argv prefix that runs a stage script; [] when it is a plain
+    Python interpreter (the script runs in this process)."""
+    words = shlex.split(launcher)
+    return [] if Path(words[0]).name.startswith("python") and len(words) == 1 else words
+
+
+def read_pseudo(path: str | Path, classes: list[str]) -> dict[str, int]:
+    """A CMPL round's pseudo_<branch>.csv -> {clip_id: class index}."""
+    t = pd.read_csv(path, dtype={"clip_id": str, "label": str}, keep_default_na=False)
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(t.label) - set(index))
+    if unknown:
+        raise ValueError(f"{path}: labels {unknown[:5]} are not in classes.json")
+    return {c: index[y] for c, y in zip(t.clip_id, t.label)}
 
 
 def train(args, params: dict) -> int:
@@ -44,7 +79,8 @@ def train(args, params: dict) -> int:
     classes = json.loads((Path(args.interim) / "classes.json").read_text())
     input_path = params["branches"][args.branch]["input"]
     try:
-        data = branch_data(args.branch, manifest, classes, input_path)
+        pseudo = read_pseudo(args.pseudo, classes) if args.pseudo else None
+        data = branch_data(args.branch, manifest, classes, input_path, pseudo)
     except (FileNotFoundError, ValueError) as e:
         print(f"train@{args.branch}: error: {e}", file=sys.stderr)
         return 2
@@ -72,8 +108,11 @@ def train(args, params: dict) -> int:
 
     print(f"train@{args.branch}: {len(data.train_ids)} train, {len(data.val_ids)} val, "
           f"{len(data.test_ids)} test clips, {data.num_classes} classes", flush=True)
+    script = Path(__file__).resolve()
+    code = code_fingerprint(stage_code(script))  # a resumed run has the same code
     try:
-        best = train_branch(args.branch, data, cfg, out, on_epoch=log_epoch if live else None)
+        best = train_branch(args.branch, data, cfg, out, on_epoch=log_epoch if live else None,
+                            tag=code)
     except FloatingPointError as e:
         print(f"train@{args.branch}: error: {e}", file=sys.stderr)
         return 1

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from mgpipe import models
-from mgpipe.params import (BRANCHES, MODEL_KEYS, Params, ParamsError, read_params,
+from mgpipe.params import (BRANCHES, MODEL_KEYS, MOVED, Params, ParamsError, read_params,
                            validate_params)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +136,7 @@ def _texts() -> dict[str, str]:
     return out
 
 
-DELIBERATE_TYPOS = {"cmpl.round"}  # examples of what validation catches
+DELIBERATE_TYPOS = {"cmpl.round"} | set(MOVED)  # examples of what validation catches
 
 
 def test_param_paths_in_messages_and_docs_exist():
@@ -149,3 +149,10 @@ def test_param_paths_in_messages_and_docs_exist():
             if not _resolves(token.split(".")):
                 bad.append(f"{where}: {token}")
     assert not bad, "param paths that params.yaml does not have:\n" + "\n".join(sorted(set(bad)))
+
+
+def test_moved_speed_settings_say_where_they_went():
+    with pytest.raises(ParamsError, match=r"train\.launcher: moved to runtime\.launcher"):
+        validate_params(_with(train__launcher="torchrun"))
+    with pytest.raises(ParamsError, match=r"rgb\.workers: moved to runtime\.crop_workers"):
+        validate_params(_with(rgb__workers=2))

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 SMALL = {
     "synth": {"subjects": 6, "test_subjects": 2, "val_subjects": 1, "clips_per_subject": 10,
               "classes": 10, "imbalance": 3, "frames": 16},
-    "rgb": {"workers": 1},
+    "runtime": {"crop_workers": 1},
     "branches": {b: {"epochs": 2} for b in ("stcnn", "posec3d", "r2plus1d", "swin3d")},
     "cmpl": {"threshold": 0.0, "min_agree": 1, "class_fraction": None},  # every clip qualifies
 }

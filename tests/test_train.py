@@ -64,7 +64,10 @@ def test_learns_is_deterministic_and_checkpoints_load(tmp_path):
     assert la["test_logits"].shape == (3, 3) and list(la["test_ids"])[:1] == ["c0_0"]
     ckpt = torch.load(tmp_path / "a/best.pt", weights_only=True)
     assert ckpt["branch"] == "stcnn" and ckpt["epoch"] == m1["epoch"]
-    assert set(ckpt) >= {"model", "optimizer", "metrics", "config"}
+    assert set(ckpt) >= {"model", "metrics", "config"}
+    last = torch.load(tmp_path / "a/last.pt", weights_only=True)
+    assert set(last) >= {"model", "optimizer", "scheduler", "rng", "history", "signature"}
+    assert last["epoch"] == TINY["epochs"] - 1 and len(last["history"]) == TINY["epochs"]
 
 
 def _ddp_worker(rank, port, out, q):
@@ -142,10 +145,53 @@ def test_drop_path_retrain_in_one_process_is_repeatable(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_prefetch_passes_batches_through_on_cpu():
+def test_prefetch_passes_tensors_through_on_cpu():
     batches = [(torch.ones(3) * i, i) for i in range(4)]
     out = list(prefetch_to_device(batches, torch.device("cpu")))
-    assert all(a is b for a, b in zip(out, batches))
+    assert all(a[0] is b[0] and a[1] == b[1] for a, b in zip(out, batches))
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
+    """A run killed after epoch 2 of 5 and rerun continues from last.pt (model, optimizer,
+    scheduler, RNG states) and ends bit-identical to an uninterrupted run; a changed config
+    starts afresh instead of resuming."""
+    rng = np.random.default_rng(0)
+    arrays = {f"r{i}": rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8) for i in range(12)}
+    ids, labels = list(arrays), [i % 3 for i in range(12)]
+    data = BranchData("rgb", arrays, 3, ids[:8], labels[:8], ids[8:], labels[8:], ids[8:])
+    # dropout and stochastic depth draw from the global RNG: its state must be restored too
+    cfg = dict(epochs=5, batch_size=4, embed_dim=8, warmup_epochs=1, dropout=0.3,
+               model=dict(hidden_dim=8, depths=[2, 2], num_heads=[1, 2], window_size=[2, 2, 2],
+                          patch_size=[2, 4, 4], stochastic_depth_prob=0.3))
+    whole = train_branch("swin3d", data, cfg, tmp_path / "whole", progress=False)
+
+    def kill_after_second(epoch, m):
+        if epoch == 1:
+            raise _Killed
+    with pytest.raises(_Killed):
+        train_branch("swin3d", data, cfg, tmp_path / "cut", on_epoch=kill_after_second,
+                     progress=False)
+    assert torch.load(tmp_path / "cut/last.pt", weights_only=True)["epoch"] == 1
+    seen = []
+    resumed = train_branch("swin3d", data, cfg, tmp_path / "cut",
+                           on_epoch=lambda e, m: seen.append(e), progress=False)
+    assert seen == [0, 1, 2, 3, 4]  # epochs 0-1 replayed from the checkpoint's history
+    assert {k: v for k, v in resumed.items() if k != "seconds"} == \
+        {k: v for k, v in whole.items() if k != "seconds"}
+    a = torch.load(tmp_path / "whole/last.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut/last.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    la, lb = np.load(tmp_path / "whole/logits.npz"), np.load(tmp_path / "cut/logits.npz")
+    assert np.array_equal(la["test_logits"], lb["test_logits"])
+    # a different config is another run: it trains from epoch 0 instead of resuming
+    seen.clear()
+    train_branch("swin3d", data, {**cfg, "lr": 2e-3, "epochs": 2}, tmp_path / "cut",
+                 on_epoch=lambda e, m: seen.append(e), progress=False)
+    assert seen == [0, 1]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
