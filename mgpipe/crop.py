@@ -11,7 +11,7 @@ import numpy as np
 
 from mgpipe import layout
 from mgpipe.sampling import uniform_indices
-from mgpipe.video import read_frames
+from mgpipe.video import DecodeStats, read_clips
 
 SALIENT = np.array(sorted(set(layout.FACE) | set(layout.ARMS) | set(layout.HANDS)))
 
@@ -79,16 +79,56 @@ def crop_clip(video: str, start: int, frames: int, kp: np.ndarray | None,
               frame_size: tuple[int, int], length: int, size: int, margin: float = 0.3,
               ) -> tuple[np.ndarray, dict]:
     """Saliency crop of one clip: uint8 [length, size, size, 3] and its attributes
-    (box, fallback, frame indices relative to the clip start, source frame size)."""
-    if kp is None or len(kp) == 0:
-        box, fallback = np.array([0, 0, *frame_size], np.float32), True
-    else:
-        box, fallback = saliency_box(kp, frame_size, margin)
-    # A fallback box is the whole frame, squashed square: the model still sees everything.
-    idx = uniform_indices(frames, length)
-    rgb = crop_frames(read_frames(video, idx, start=start, end=start + frames), box, size)
-    return rgb, {"box": box, "fallback": fallback, "frame_indices": idx,
-                 "source_size": np.array(frame_size, np.int32)}
+    (box, fallback, frame indices relative to the clip start, source frame size). Many
+    clips of one video: :func:`crop_video` (one decoding pass for all)."""
+    clip = dict(clip_id="", start=start, frames=frames, kp=kp, frame_size=frame_size)
+    (_, rgb, attrs, _, err), = crop_video(video, [clip], length, size, margin)
+    if err is not None:
+        raise err
+    return rgb, attrs
+
+
+def crop_video(video: str, clips: list[dict], length: int, size: int, margin: float = 0.3,
+               full_frame: frozenset | set = frozenset(), stats: DecodeStats | None = None):
+    """Saliency crops of all clips of one video, decoding the video once
+    (:func:`mgpipe.video.read_clips`): yields (clip_id, rgb uint8 [length, size, size, 3],
+    attrs, full frame or None, None) per clip as soon as its frames are decoded, or
+    (clip_id, None, None, None, exception) for a clip that fails (the others go on).
+
+    clips: dicts with clip_id, start, frames, kp ([T, 68, 3] or None), frame_size (w, h).
+    full_frame: clip ids whose uncropped middle sampled frame (uint8 RGB) is wanted too (the
+    contact sheet). Holds only the sampled frames of the clips open at the current frame."""
+    plans, readable = [], []
+    for k, c in enumerate(clips):
+        try:
+            kp, frame_size = c["kp"], tuple(c["frame_size"])
+            if kp is None or len(kp) == 0:
+                box, fallback = np.array([0, 0, *frame_size], np.float32), True
+            else:
+                box, fallback = saliency_box(kp, frame_size, margin)
+            # A fallback box is the whole frame, squashed square: the model still sees it all.
+            plans.append((box, fallback, uniform_indices(int(c["frames"]), length), frame_size))
+            readable.append(k)
+        except Exception as err:  # noqa: BLE001 - one bad clip, not the video
+            plans.append(None)
+            yield c["clip_id"], None, None, None, err
+    specs = [(int(clips[k]["start"]), int(clips[k]["start"]) + int(clips[k]["frames"]),
+              plans[k][2]) for k in readable]
+    for j, frames in read_clips(video, specs, stats):
+        k = readable[j]
+        cid = clips[k]["clip_id"]
+        if isinstance(frames, Exception):
+            yield cid, None, None, None, frames
+            continue
+        box, fallback, idx, frame_size = plans[k]
+        try:
+            rgb = crop_frames(frames, box, size)
+        except Exception as err:  # noqa: BLE001 - one bad clip, not the video
+            yield cid, None, None, None, err
+            continue
+        full = frames[len(idx) // 2] if cid in full_frame else None
+        yield cid, rgb, {"box": box, "fallback": fallback, "frame_indices": idx,
+                         "source_size": np.array(frame_size, np.int32)}, full, None
 
 
 def crop_sheet(items: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path, thumb: int = 128) -> None:

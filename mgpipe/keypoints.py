@@ -35,7 +35,7 @@ from tqdm import tqdm
 from .io import atomic_path
 from .layout import LEFT_HAND, NAMES, NUM_KEYPOINTS, RIGHT_HAND, clean_keypoints, fill_neck
 from .signals import init_worker, terminate_pool
-from .video import VideoError
+from .video import DecodeStats, VideoError, open_capture, scan_frames
 
 log = logging.getLogger(__name__)
 
@@ -192,43 +192,147 @@ def extract_mediapipe(video_path: str | os.PathLike, model_complexity: int = 1,
     ``left_hand_landmarks`` is the subject's own left hand (it is cropped around the pose's
     left wrist), so it goes to 26-46 unswapped. See ``holistic_frame`` for scores, duplicate
     hands and out-of-frame points. Raises FileNotFoundError / VideoError naming the file.
+    Many clips of one video: :func:`extract_mediapipe_video` (one decoding pass).
     """
+    clip = dict(clip_id="", video=video_path, start_frame=start_frame, end_frame=end_frame)
+    (_, result), = extract_mediapipe_video(
+        [clip], model_complexity, min_detection_confidence, min_tracking_confidence,
+        dedupe_hands=dedupe_hands, outside_margin=outside_margin)
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+class _HolisticClip:
+    """One clip's Holistic graph (video mode: its tracking state is the clip's alone) and
+    the keypoints so far."""
+
+    def __init__(self, holistic_cls, opts: dict, dedupe_hands: bool, outside_margin: float):
+        self.graph = holistic_cls(static_image_mode=False, smooth_landmarks=True,
+                                  enable_segmentation=False, refine_face_landmarks=False,
+                                  **opts)
+        self.dedupe_hands, self.outside_margin = dedupe_hands, outside_margin
+        self.frames: list[np.ndarray] = []
+        self.n_pose = self.n_left = self.n_right = 0
+        self.width = self.height = 0
+
+    def add(self, rgb: np.ndarray) -> None:
+        self.height, self.width = height, width = rgb.shape[:2]
+        res = self.graph.process(rgb)
+        kp, has_l, has_r = holistic_frame(
+            _landmarks(res.pose_landmarks, width, height, 25, True),
+            _landmarks(res.left_hand_landmarks, width, height, 21, False),
+            _landmarks(res.right_hand_landmarks, width, height, 21, False),
+            width, height, dedupe_hands=self.dedupe_hands, outside_margin=self.outside_margin)
+        self.frames.append(kp)
+        self.n_pose += res.pose_landmarks is not None
+        self.n_left += has_l
+        self.n_right += has_r
+
+    def close(self) -> None:
+        self.graph.close()
+
+
+def extract_mediapipe_video(clips: Sequence[Mapping], model_complexity: int = 1,
+                            min_detection_confidence: float = 0.5,
+                            min_tracking_confidence: float = 0.5, *, dedupe_hands: bool = True,
+                            outside_margin: float = 0.02, stats: DecodeStats | None = None,
+                            ) -> Iterator[tuple[str, tuple[np.ndarray, dict] | Exception]]:
+    """``extract_mediapipe`` on many clips (rows with clip_id, video, start_frame,
+    end_frame) of one video, decoding it once: one sequential pass in which each frame goes
+    to a Holistic graph of its own for every clip that holds it (overlapping clips get one
+    each, fed the same frames they would get alone, so the keypoints equal per-clip runs).
+    Yields (clip_id, (kp, info)) as each clip ends, or (clip_id, exception) for a clip that
+    fails; the others go on. Holds no frame beyond the current one, and one graph per clip
+    open at that frame. The engine's ``extract_fn`` with ``run_extraction(by_video=True)``;
+    bind options with ``functools.partial``."""
     import mediapipe  # heavy; only workers that run this backend pay for it
 
-    start = _frame_bound(start_frame) or 0
-    end = _frame_bound(end_frame)
-    frames: list[np.ndarray] = []
-    n_pose = n_left = n_right = 0
-    with open_video(video_path) as cap:
-        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        width = height = 0
-        with mediapipe.solutions.holistic.Holistic(
-                static_image_mode=False, model_complexity=model_complexity,
-                smooth_landmarks=True, enable_segmentation=False, refine_face_landmarks=False,
+    spans = []
+    for c in clips:
+        start, end = _frame_bound(c.get("start_frame", 0)) or 0, _frame_bound(c.get("end_frame"))
+        spans.append((str(c["clip_id"]), start, end))
+    paths = {os.fspath(c["video"]) for c in clips}
+    if len(paths) != 1:
+        raise ValueError(f"extract_mediapipe_video takes the clips of one video, got {sorted(paths)}")
+    video_path = clips[0]["video"]
+    opts = dict(model_complexity=model_complexity,
                 min_detection_confidence=min_detection_confidence,
-                min_tracking_confidence=min_tracking_confidence) as holistic:
-            for bgr in iter_frames(cap, start, end):
-                height, width = bgr.shape[:2]
-                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-                rgb.flags.writeable = False  # lets MediaPipe wrap the buffer without a copy
-                res = holistic.process(rgb)
-                kp, has_l, has_r = holistic_frame(
-                    _landmarks(res.pose_landmarks, width, height, 25, True),
-                    _landmarks(res.left_hand_landmarks, width, height, 21, False),
-                    _landmarks(res.right_hand_landmarks, width, height, 21, False),
-                    width, height, dedupe_hands=dedupe_hands, outside_margin=outside_margin)
-                frames.append(kp)
-                n_pose += res.pose_landmarks is not None
-                n_left += has_l
-                n_right += has_r
-    if not frames:
-        raise VideoError(f"no frames in [{start}, {end if end is not None else 'end'}) "
-                         f"of video {video_path}")
-    info = dict(source=str(video_path), frames=len(frames), fps=fps, width=width,
-                height=height, detector=DETECTOR, detector_version=mediapipe.__version__,
-                model_complexity=int(model_complexity), frames_with_pose=n_pose,
-                frames_with_left_hand=n_left, frames_with_right_hand=n_right)
-    return np.stack(frames), info
+                min_tracking_confidence=min_tracking_confidence)
+    open_: dict[int, _HolisticClip] = {}
+    pending = set(range(len(spans)))
+    fps = 0.0
+
+    def finish(k: int):
+        pending.discard(k)
+        cid, start, end = spans[k]
+        clip = open_.pop(k, None)
+        if clip is None or not clip.frames:
+            if clip is not None:
+                clip.close()
+            return cid, VideoError(f"no frames in [{start}, {end if end is not None else 'end'}) "
+                                   f"of video {video_path}")
+        clip.close()
+        info = dict(source=str(video_path), frames=len(clip.frames), fps=fps,
+                    width=clip.width, height=clip.height, detector=DETECTOR,
+                    detector_version=mediapipe.__version__,
+                    model_complexity=int(model_complexity), frames_with_pose=clip.n_pose,
+                    frames_with_left_hand=clip.n_left, frames_with_right_hand=clip.n_right)
+        return cid, (np.stack(clip.frames), info)
+
+    for k, (_, start, end) in enumerate(spans):
+        if end is not None and end <= start:
+            yield finish(k)
+    try:
+        cap = open_capture(video_path, stats)
+    except Exception as err:  # noqa: BLE001 - every clip of the video fails alike
+        for k in sorted(pending):
+            yield spans[k][0], err
+        return
+    try:
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        starts: dict[int, list[int]] = {}
+        for k in pending:
+            starts.setdefault(spans[k][1], []).append(k)
+        ends = [spans[k][2] for k in pending]
+        stop = None if not ends or None in ends else max(ends)
+
+        def wanted(i: int) -> bool:
+            return any(spans[k][1] <= i and (spans[k][2] is None or i < spans[k][2])
+                       for k in pending)
+
+        for i, bgr in scan_frames(cap, wanted, stop, stats):
+            for k in starts.pop(i, ()):
+                try:
+                    open_[k] = _HolisticClip(mediapipe.solutions.holistic.Holistic, opts,
+                                             dedupe_hands, outside_margin)
+                except Exception as err:  # noqa: BLE001
+                    pending.discard(k)
+                    yield spans[k][0], err
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            rgb.flags.writeable = False  # lets MediaPipe wrap the buffer without a copy
+            for k in sorted(open_):
+                try:
+                    open_[k].add(rgb)
+                except Exception as err:  # noqa: BLE001 - this clip fails, the others go on
+                    open_.pop(k).close()
+                    pending.discard(k)
+                    yield spans[k][0], err
+                    continue
+                if spans[k][2] is not None and i + 1 >= spans[k][2]:
+                    yield finish(k)
+        for k in sorted(pending):  # the video ended first: clips to its end, or past it
+            yield finish(k)
+    except Exception as err:  # noqa: BLE001 - a video failing mid-way fails its open clips
+        for k in sorted(pending):
+            if k in open_:
+                open_.pop(k).close()
+            pending.discard(k)
+            yield spans[k][0], err
+    finally:
+        cap.release()
+        for clip in open_.values():  # the consumer stopped early
+            clip.close()
 
 
 def extract_mediapipe_clip(clip: Mapping, **kwargs) -> tuple[np.ndarray, dict]:
@@ -523,17 +627,54 @@ def _worker_stderr(ctx, noise: re.Pattern = WORKER_STDERR_NOISE) -> Iterator[Any
 
 
 _started = None  # in a worker: the queue on which it announces each clip it starts
+_results = None  # in a worker running videos: the queue on which it sends each clip's result
 
 
-def _init_worker(started, parent_pid: int, stderr=None) -> None:
+def _init_worker(started, parent_pid: int, stderr=None, results=None) -> None:
     """Worker initializer: die with the parent, ignore SIGINT (``signals.init_worker``), send
-    fd 2 into the parent's filtered pipe, announce clips on ``started``."""
-    global _started
+    fd 2 into the parent's filtered pipe, announce clips on ``started``, send per-clip
+    results of whole videos on ``results``."""
+    global _started, _results
     init_worker(parent_pid)
     if stderr is not None:
         os.dup2(stderr.fileno(), 2)  # C++ logging writes to fd 2, not to sys.stderr
         stderr.close()
-    _started = started
+    _started, _results = started, results
+
+
+def _reason(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
+
+
+def _iter_group(extract_fn: Callable, group: list[dict]) -> Iterator[tuple[str, Any, str | None]]:
+    """(clip_id, result, None) or (clip_id, None, reason) for every clip of ``group`` (one
+    video), from ``extract_fn(group)``; a clip it does not report, or all the clips left when
+    it raises, get a reason."""
+    left = {c["clip_id"] for c in group}
+    try:
+        for cid, result in extract_fn(group):
+            if cid not in left:
+                continue
+            left.discard(cid)
+            if isinstance(result, BaseException):
+                yield cid, None, _reason(result)
+            else:
+                yield cid, result, None
+        reason = "extract_fn reported nothing for this clip"
+    except Exception as err:  # noqa: BLE001 - the video failed: its unfinished clips skip
+        reason = _reason(err)
+    for c in group:
+        if c["clip_id"] in left:
+            yield c["clip_id"], None, reason
+
+
+def _run_group(extract_fn: Callable, group: list[dict]) -> None:
+    """Worker: one video's clips, each result sent on ``_results`` as it finishes (so an
+    interruption keeps them, and the worker holds one clip's result at a time)."""
+    if _started is not None:
+        _started.put(group[0]["clip_id"])
+    for item in _iter_group(extract_fn, group):
+        _results.put(item)
 
 
 def _run_one(extract_fn: Callable, clip: dict):
@@ -618,6 +759,105 @@ def _run_pool(ctx, batch: list[dict], n: int, isolated: bool, extract_fn: Callab
     return broken
 
 
+def _map_groups(groups: list[list[dict]], extract_fn: Callable, workers: int,
+                start_method: str) -> Iterator[tuple[dict, Any, BaseException | str | None]]:
+    """``_map_clips`` with one video (its clips, ``groups``' items) per task: yields (clip,
+    result, error or reason) per clip as the workers send them. A worker that dies loses
+    only the clips of its video not yet sent: they are rerun alone, and if that dies too,
+    one clip at a time, so only the clip that kills a worker is skipped."""
+    if workers == 0:
+        for group in groups:
+            by_id = {c["clip_id"]: c for c in group}
+            for cid, result, reason in _iter_group(extract_fn, group):
+                yield by_id[cid], result, reason
+        return
+    ctx = mp.get_context(start_method)
+    queue, alone = list(groups), []
+    with _worker_stderr(ctx) as stderr:
+        while queue or alone:
+            if alone:
+                batch, n, isolated = [alone.pop()], 1, True
+            else:
+                batch, n, isolated, queue = queue, min(workers, len(queue)), False, []
+            started, results = ctx.SimpleQueue(), ctx.SimpleQueue()
+            try:
+                broken = yield from _run_group_pool(ctx, batch, n, extract_fn, started,
+                                                    results, stderr)
+                if not broken:
+                    continue
+                ids = set()
+                while not started.empty():
+                    ids.add(started.get())
+                if isolated:
+                    (_, group), = broken
+                    if len(group) == 1:
+                        yield group[0], None, BrokenProcessPool(
+                            "the worker died on this clip (crash or out of memory)")
+                    else:
+                        alone += [[c] for c in reversed(group)]
+                    continue
+                suspects = [g for key, g in broken if key in ids]
+                if not suspects:
+                    raise RuntimeError(
+                        "worker processes died before starting any video: is extract_fn "
+                        "importable in a fresh process, and does the main script guard its "
+                        "entry point with `if __name__ == '__main__':`?")
+                alone += suspects
+                queue += [g for key, g in broken if key not in ids]
+            finally:
+                started.close()
+                results.close()
+
+
+def _run_group_pool(ctx, batch: list[list[dict]], n: int, extract_fn: Callable, started,
+                    results, stderr) -> Iterator[tuple[dict, Any, str | None]]:
+    """One pool of ``n`` workers over the videos ``batch``: yields each clip's result as it
+    arrives, returns (announcement key, clips not finished) of the videos lost to a broken
+    pool."""
+    ex = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker,
+                             initargs=(started, os.getpid(), stderr, results))
+    left = {c["clip_id"]: c for g in batch for c in g}
+    broken: list[tuple[str, list[dict]]] = []  # (the video's announcement key, clips left)
+
+    def drain():
+        while not results.empty():
+            cid, result, reason = results.get()
+            clip = left.pop(cid, None)
+            if clip is not None:
+                yield clip, result, reason
+
+    try:
+        pending = {ex.submit(_run_group, extract_fn, g): g for g in batch}
+        while pending:
+            finished, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            yield from drain()  # sent before the futures completed: all there
+            for fut in finished:
+                group = pending.pop(fut)
+                try:
+                    fut.result()
+                    err = "the worker sent no result for this clip"
+                except BrokenProcessPool:
+                    rest = [c for c in group if c["clip_id"] in left]
+                    if rest:
+                        broken.append((group[0]["clip_id"], rest))
+                    for c in rest:
+                        left.pop(c["clip_id"])
+                    continue
+                except Exception as e:  # noqa: BLE001
+                    err = _reason(e)
+                for c in group:
+                    if left.pop(c["clip_id"], None) is not None:
+                        yield c, None, err
+        yield from drain()
+    except BaseException:
+        # Interrupted: unwritten results are lost anyway, so do not let workers finish their
+        # queued videos (hours each on long ones).
+        terminate_pool(ex)
+        raise
+    ex.shutdown(wait=True)
+    return broken
+
+
 def work_path(out_path: str | os.PathLike, shard: tuple[int, int] | None = None) -> Path:
     """The work file of a run into ``out_path`` (or of one shard): ``<final>.partial``, which
     keeps finished clips across interruptions."""
@@ -635,9 +875,19 @@ def count_clips(path: str | os.PathLike) -> int:
         return 0
 
 
+def group_by_video(clips: Sequence[dict]) -> list[list[dict]]:
+    """Clips grouped by their ``video``: groups in order of their first clip, clips in list
+    order within each."""
+    groups: dict[str, list[dict]] = {}
+    for c in clips:
+        groups.setdefault(os.fspath(c.get("video", "")), []).append(c)
+    return list(groups.values())
+
+
 def run_extraction(clips: Sequence, out_path: str | os.PathLike, extract_fn: Callable,
                    workers: int | None = None, *, shard: tuple[int, int] | None = None,
-                   progress: bool = True, start_method: str = "spawn") -> ExtractionSummary:
+                   progress: bool = True, start_method: str = "spawn",
+                   by_video: bool = False) -> ExtractionSummary:
     """Extract keypoints for ``clips`` into HDF5 ``out_path``, in parallel and resumably.
 
     clips: mappings/rows with clip_id, signature, and whatever ``extract_fn`` reads (video,
@@ -653,7 +903,11 @@ def run_extraction(clips: Sequence, out_path: str | os.PathLike, extract_fn: Cal
     finds no person is skipped (reported, not written); NaN/inf keypoints are zeroed and
     counted (attribute ``nonfinite_cleaned``). shard=(i, n): only clips with list index % n
     == i, written to ``shard_path(out_path, i, n)`` (all shards must get the same list); a
-    shard also reuses clips from ``out_path``. An interruption (Ctrl-C, or SIGTERM within
+    shard also reuses clips from ``out_path``. by_video: a task is one source video with
+    all its clips to do, ``extract_fn(clips of one video)`` yields (clip_id, (kp, info) or
+    exception) per clip (``extract_mediapipe_video``: one decoding pass per video); each
+    result is written as it arrives, a failing clip is skipped and the video's other clips
+    go on; shards then take whole videos (video index % n == i). An interruption (Ctrl-C, or SIGTERM within
     ``signals.raise_on_signals``) ends the workers and keeps the partial file for the rerun.
     """
     t0 = time.perf_counter()
@@ -665,7 +919,11 @@ def run_extraction(clips: Sequence, out_path: str | os.PathLike, extract_fn: Cal
         i, n = shard
         if not 0 <= i < n:
             raise ValueError(f"shard index {i} not in [0, {n})")
-        clips = clips[i::n]
+        if by_video:
+            mine = {id(c) for g in group_by_video(clips)[i::n] for c in g}
+            clips = [c for c in clips if id(c) in mine]
+        else:
+            clips = clips[i::n]
         final = shard_path(out_path, i, n)
         sources = [final, out_path]
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -681,13 +939,17 @@ def run_extraction(clips: Sequence, out_path: str | os.PathLike, extract_fn: Cal
         bar = tqdm(total=len(todo), unit="clip", desc=f"keypoints {final.name}",
                    disable=not progress or not todo, dynamic_ncols=True)
         # closing(): an interruption here must stop the worker pool now, not at garbage collection
-        with bar, closing(_map_clips(todo, extract_fn, min(workers, len(todo)),
-                                     start_method)) as results:
+        if by_video:
+            groups = group_by_video(todo)
+            mapped = _map_groups(groups, extract_fn, min(workers, len(groups)), start_method)
+        else:
+            mapped = _map_clips(todo, extract_fn, min(workers, len(todo)), start_method)
+        with bar, closing(mapped) as results:
             for clip, result, err in results:
                 if err is None:
                     kp, info, reason = _check_result(result)
                 else:
-                    reason = f"{type(err).__name__}: {err}"
+                    reason = err if isinstance(err, str) else _reason(err)
                 if reason is None:
                     _write_clip(f, clip, kp, info)
                     summary.done += 1

@@ -5,13 +5,20 @@ fixed over the clip; `rgb.frames` frames sampled uniformly, resized to `rgb.size
 [T, H, W, 3], one dataset per clip. Clips without keypoints fall back to the whole frame
 (recorded in the dataset's attributes and the summary). Skeleton-only datasets (no video)
 get an empty file: the RGB branches are then left out. Also writes crop_sheet.png.
+Clips are grouped by source video: a worker cuts all of a video's clips in one sequential
+decoding pass (each frame decoded once), holding only the sampled frames of the clips open
+at the current frame, and writes them to a scratch file; rgb.h5 is then assembled in
+manifest order. A clip that fails is skipped with its reason, the others go on. The
+summary gives the frames decoded against the frames in the clips' ranges.
 SIGTERM or Ctrl-C ends the workers, writes nothing and exits with 128 + the signal number.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import nullcontext
+import tempfile
+from collections import OrderedDict
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import h5py
@@ -19,22 +26,40 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from mgpipe.crop import crop_clip, crop_sheet
+from mgpipe.crop import crop_sheet, crop_video
 from mgpipe.io import atomic_path, read_manifest, write_csv_atomic
 from mgpipe.params import load_params
 from mgpipe.signals import run_interruptible, worker_pool
-from mgpipe.video import read_frames
+from mgpipe.video import DecodeStats
 
 
 def _job(args):
-    row, kp, cfg = args
+    """One source video: all its clips cropped in one decoding pass into the scratch HDF5
+    file ``scratch`` (a dataset per clip, as rgb.h5 stores it). Returns ({clip_id: reason}
+    of clips that failed, contact-sheet items, whole-frame fallbacks, DecodeStats)."""
+    video, rows, cfg, sheet_ids, scratch = args
+    clips = [dict(clip_id=r["clip_id"], start=int(r["start_frame"]), frames=int(r["frames"]),
+                  kp=r["kp"], frame_size=(int(r["width"]), int(r["height"]))) for r in rows]
+    errors, sheet, fallbacks, stats = {}, [], 0, DecodeStats()
     try:
-        rgb, attrs = crop_clip(row["video"], int(row["start_frame"]), int(row["frames"]), kp,
-                               (int(row["width"]), int(row["height"])), cfg["frames"],
-                               cfg["size"], cfg.get("margin", 0.3))
-        return row["clip_id"], rgb, attrs, ""
-    except Exception as e:  # a corrupt video must not kill a run of thousands
-        return row["clip_id"], None, None, f"{type(e).__name__}: {e}"
+        with h5py.File(scratch, "w") as h5:
+            for cid, rgb, attrs, full, err in crop_video(
+                    video, clips, cfg["frames"], cfg["size"], cfg.get("margin", 0.3),
+                    full_frame=sheet_ids, stats=stats):
+                if err is not None:  # a corrupt clip or video must not kill a run of thousands
+                    errors[cid] = f"{type(err).__name__}: {err}"
+                    continue
+                ds = h5.create_dataset(cid, data=rgb, chunks=rgb.shape, compression="gzip",
+                                       track_times=False, compression_opts=1)
+                ds.attrs.update(attrs)
+                fallbacks += bool(attrs["fallback"])
+                if full is not None:
+                    sheet.append((cid, full, attrs["box"], rgb))
+    except Exception as e:  # noqa: BLE001 - the scratch file is lost: skip what is not failed
+        for c in clips:
+            errors.setdefault(c["clip_id"], f"{type(e).__name__}: {e}")
+        sheet, fallbacks = [], 0
+    return errors, sheet, fallbacks, stats
 
 
 def main(argv=None) -> int:
@@ -50,8 +75,9 @@ def main(argv=None) -> int:
 
 
 def crop(args) -> int:
-    cfg = load_params(args.params)["rgb"]
-    workers = cfg.get("workers") or 1
+    params = load_params(args.params)
+    cfg = params["rgb"]
+    workers = params["runtime"]["crop_workers"] or 1
     m = read_manifest(args.manifest)
     out = Path(args.out)
     with_video = m[m.video != ""]
@@ -59,28 +85,44 @@ def crop(args) -> int:
     with h5py.File(args.keypoints, "r") as f:
         for cid in with_video.clip_id:
             kps[cid] = f[cid]["kp"][()] if cid in f else None
-    skipped, sheet, fallbacks = [], [], 0
-    # The pool closes first: an interruption ends the workers, then the temp file goes.
-    with atomic_path(out, suffix=".h5") as tmp, h5py.File(tmp, "w") as h5, \
-            (worker_pool(workers) if workers > 1 else nullcontext()) as pool:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    groups: dict[str, list[dict]] = {}  # video -> its clips; videos in order of first clip
+    for r in with_video.to_dict("records"):
+        groups.setdefault(r["video"], []).append({**r, "kp": kps[r["clip_id"]]})
+    order = list(with_video.clip_id)
+    spread = np.linspace(0, len(order) - 1, min(6, len(order))).round().astype(int)
+    sheet_ids = {order[i] for i in spread}
+    errors, where, sheet, fallbacks, stats = {}, {}, [], 0, DecodeStats()
+    # The pool closes first: an interruption ends the workers, then the temp files go.
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}-scratch-") as scratch, \
+            atomic_path(out, suffix=".h5") as tmp, h5py.File(tmp, "w") as h5:
+        with (worker_pool(workers) if workers > 1 else nullcontext()) as pool:
+            jobs = [(video, rows, cfg, sheet_ids, str(Path(scratch) / f"{n:06d}.h5"))
+                    for n, (video, rows) in enumerate(groups.items())]
+            results = pool.map(_job, jobs) if pool else map(_job, jobs)
+            with tqdm(total=len(order), desc="crop", unit="clip") as bar:
+                for (video, rows, _, _, path), (errs, items, fb, st) in zip(jobs, results):
+                    errors.update(errs)
+                    where.update((r["clip_id"], path) for r in rows)
+                    sheet += items
+                    fallbacks += fb
+                    stats.add(st)
+                    bar.update(len(rows))
         h5.attrs.update(frames=cfg["frames"], size=cfg["size"], has_rgb=len(with_video) > 0)
-        jobs = [(r, kps[r["clip_id"]], cfg) for r in with_video.to_dict("records")]
-        spread = np.linspace(0, len(jobs) - 1, min(6, len(jobs))).round().astype(int)
-        sheet_ids = set(with_video.clip_id.iloc[spread])
-        results = pool.map(_job, jobs, chunksize=4) if pool else map(_job, jobs)
-        for cid, rgb, attrs, err in tqdm(results, total=len(jobs), desc="crop", unit="clip"):
-            if err:
-                skipped.append({"clip_id": cid, "stage": "crop", "reason": err})
-                continue
-            fallbacks += bool(attrs["fallback"])
-            ds = h5.create_dataset(cid, data=rgb, chunks=rgb.shape, compression="gzip", track_times=False,
-                                   compression_opts=1)
-            ds.attrs.update(attrs)
-            if cid in sheet_ids:
-                row = with_video.set_index("clip_id").loc[cid]
-                mid = int(attrs["frame_indices"][len(attrs["frame_indices"]) // 2])
-                frame = read_frames(row.video, np.array([mid]), start=int(row.start_frame))[0]
-                sheet.append((cid, frame, attrs["box"], rgb))
+        with ExitStack() as stack:  # rgb.h5 in manifest order, whatever order videos ran in
+            opened: OrderedDict = OrderedDict()
+            for cid in order:
+                if cid in errors:
+                    continue
+                path = where[cid]
+                if path not in opened:
+                    if len(opened) >= 16:
+                        opened.popitem(last=False)[1].close()
+                    opened[path] = stack.enter_context(h5py.File(path, "r"))
+                opened[path].copy(opened[path][cid], h5, name=cid)
+    skipped = [{"clip_id": cid, "stage": "crop", "reason": errors[cid]} for cid in order
+               if cid in errors]
+    sheet.sort(key=lambda item: order.index(item[0]))
     write_csv_atomic(out.with_name("rgb_skipped.csv"),
                      pd.DataFrame(skipped, columns=["clip_id", "stage", "reason"]))
     crop_sheet(sheet, out.with_name("crop_sheet.png"))
@@ -88,8 +130,11 @@ def crop(args) -> int:
         print("crop: the dataset has no video (skeleton only): wrote an empty rgb.h5; "
               "leave the RGB branches out of params.yaml's branches")
     else:
-        print(f"crop: {len(jobs) - len(skipped)} clips, {fallbacks} whole-frame fallbacks, "
-              f"{len(skipped)} skipped")
+        span = int(with_video.frames.clip(lower=0).sum())
+        print(f"crop: {len(order) - len(skipped)} clips, {fallbacks} whole-frame fallbacks, "
+              f"{len(skipped)} skipped; decoded {stats.decoded} frames in {stats.opened} passes "
+              f"over {len(groups)} videos ({'each frame at most once' if stats.opened <= len(groups) else 'frames decoded more than once'}; "
+              f"{span} frames in the clips' ranges, {stats.converted} converted to pixels)")
     return 0
 
 

@@ -2,8 +2,9 @@
 
 Backends (params `keypoints.backend`):
   mediapipe  MediaPipe Holistic 0.10.21 (models from the wheel, no network), video mode,
-             in `keypoints.workers` processes; resumable: an interrupted run keeps finished
-             clips in keypoints.h5.partial and a rerun does not redo them.
+             in `runtime.keypoint_workers` processes; resumable: an interrupted run keeps finished
+             clips in keypoints.h5.partial and a rerun does not redo them. A task is one source
+             video: all its clips in one decoding pass.
   provided   the keypoints the dataset brings (synthetic ground truth, UTD-MHAD, iMiGUE
              OpenPose), from prepare's provided_keypoints.h5.
 Clips with no person in any frame, or that fail to decode, are recorded in
@@ -11,7 +12,7 @@ keypoints_skipped.csv, not fatal. SIGTERM or Ctrl-C ends the workers and exits w
 the signal number, keeping finished clips in keypoints.h5.partial for the rerun.
 
 A large corpus splits over machines: run `--shard i/n` for i in 0..n-1 (any scheduler),
-then `--merge` combines the shard files into keypoints.h5.
+then `--merge` combines the shard files into keypoints.h5 (mediapipe shards take whole videos).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from mgpipe.io import read_manifest, write_csv_atomic
-from mgpipe.keypoints import (clip_signature, count_clips, extract_mediapipe_clip, merge_shards,
+from mgpipe.keypoints import (clip_signature, count_clips, extract_mediapipe_video, merge_shards,
                               mediapipe_model_problem, parse_shard, run_extraction, shard_path,
                               work_path)
 from mgpipe.params import load_params
@@ -54,7 +55,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shard", help="i/n: process only shard i of n (0-based)")
     ap.add_argument("--merge", action="store_true", help="merge the shard files into --out")
     args = ap.parse_args(argv)
-    cfg = load_params(args.params)["keypoints"]
+    params = load_params(args.params)
+    cfg = params["keypoints"]
     out = Path(args.out)
     if args.merge:
         shards = sorted(glob.glob(str(shard_path(out, 0, 1)).replace("-0-of-1", "-*-of-*")))
@@ -91,19 +93,22 @@ def main(argv=None) -> int:
         for c in clips:
             c["signature"] = clip_signature(c["video"], c["start_frame"], c["end_frame"],
                                             digests=digests, backend="mediapipe", **opts)
-        extract_fn = functools.partial(extract_mediapipe_clip, **opts)
-        workers = int(cfg.get("workers") or 0) or None
+        # One task per source video: its clips in one decoding pass (a long video with many
+        # clips is decoded once, not once per clip).
+        extract_fn = functools.partial(extract_mediapipe_video, **opts)
+        workers = int(params["runtime"]["keypoint_workers"]) or None
     else:
         ap.error(f"keypoints.backend: {backend!r}; use provided or mediapipe")
     shard = parse_shard(args.shard) if args.shard else None
     partial = work_path(out, shard)
     return run_interruptible(
-        "keypoints", lambda: extract(clips, out, extract_fn, workers, shard, backend),
+        "keypoints", lambda: extract(clips, out, extract_fn, workers, shard, backend,
+                                     by_video=backend == "mediapipe"),
         lambda: f"{count_clips(partial)} finished clips kept in {partial}, rerun to resume")
 
 
-def extract(clips, out: Path, extract_fn, workers, shard, backend: str) -> int:
-    summary = run_extraction(clips, out, extract_fn, workers, shard=shard)
+def extract(clips, out: Path, extract_fn, workers, shard, backend: str, by_video=False) -> int:
+    summary = run_extraction(clips, out, extract_fn, workers, shard=shard, by_video=by_video)
     skipped = pd.DataFrame(summary.skipped, columns=["clip_id", "reason"])
     skipped.insert(1, "stage", "keypoints")
     write_csv_atomic(out.with_name("keypoints_skipped.csv"), skipped)

@@ -533,3 +533,83 @@ def test_only_the_model_the_wheel_ships_is_allowed():
     assert mediapipe_model_problem(1) == ""
     assert "pose_landmark_heavy.tflite" in mediapipe_model_problem(2)
     assert "use keypoints.model_complexity: 1" in mediapipe_model_problem(0)
+
+
+# ---- one task per source video ------------------------------------------------------------------
+
+def fake_extract_video(clips):
+    """Top-level extract_fn for ``by_video=True``: ``fake_extract`` per clip of one video,
+    from each clip's ``npy``; action "raise" fails that clip, "crash" kills the worker,
+    "video_fails" raises mid-video (the clips not yet yielded fail)."""
+    for clip in clips:
+        if clip.get("action") == "video_fails":
+            raise OSError("decoder died mid-video")
+        try:
+            yield clip["clip_id"], fake_extract({**clip, "video": clip["npy"]})
+        except ValueError as err:
+            yield clip["clip_id"], err
+
+
+def _by_video(clips, videos=3):
+    return [{**c, "npy": c["video"], "video": f"v{i % videos}"} for i, c in enumerate(clips)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_by_video_runs_one_task_per_video_and_skips_per_clip(corpus, workers):
+    clips, calls, root = corpus
+    clips = _by_video(clips)
+    clips[1]["action"] = "raise"           # v1: a bad clip, v1's other clips go on
+    clips[5]["action"] = "video_fails"     # v2: clip 2 (done before) kept, clip 5 fails
+    clips[4]["action"] = "crash"           # v1 again: only the crashing clip is lost
+    if workers == 0:
+        clips[4].pop("action")
+    out = root / f"w{workers}" / "kp.h5"
+    s = run_extraction(clips, out, fake_extract_video, workers=workers, progress=False,
+                       by_video=True)
+    reasons = dict(s.skipped)
+    assert "ValueError: corrupt video" == reasons["c1"]
+    assert reasons["c5"] == "OSError: decoder died mid-video"
+    expect_skipped = {"c1", "c5"} | ({"c4"} if workers else set())
+    assert set(reasons) == expect_skipped
+    if workers:
+        assert "BrokenProcessPool" in reasons["c4"]
+    got = _contents(out)
+    assert sorted(got) == sorted({c["clip_id"] for c in clips} - expect_skipped)
+    whole = run_extraction([c for c in corpus[0] if c["clip_id"] == "c0"],
+                           root / "ref" / "kp.h5", fake_extract, workers=0, progress=False)
+    np.testing.assert_array_equal(got["c0"][0], _contents(whole.path)["c0"][0])
+
+
+def test_by_video_shards_take_whole_videos_and_merge_to_the_unsharded_output(corpus):
+    clips, _, root = corpus
+    clips = _by_video(clips)
+    run_extraction(clips, root / "whole" / "kp.h5", fake_extract_video, workers=0,
+                   progress=False, by_video=True)
+    out, paths = root / "sharded" / "kp.h5", []
+    for i in range(2):
+        s = run_extraction(clips, out, fake_extract_video, workers=0, shard=(i, 2),
+                           progress=False, by_video=True)
+        paths.append(s.path)
+        videos = {c["video"] for c in clips if c["clip_id"] in _contents(s.path)}
+        assert videos == ({"v0", "v2"} if i == 0 else {"v1"})
+    merge_shards(paths, out, order=[c["clip_id"] for c in clips])
+    assert out.read_bytes() == (root / "whole" / "kp.h5").read_bytes()
+
+
+def test_mediapipe_video_pass_equals_per_clip_runs(shared_media):
+    from mgpipe.keypoints import extract_mediapipe_video
+    from mgpipe.video import DecodeStats
+
+    video = shared_media / "carphone-upper-body.mp4"
+    clips = [dict(clip_id="a", video=video, start_frame=0, end_frame=12),
+             dict(clip_id="b", video=video, start_frame=8, end_frame=20),      # overlaps a
+             dict(clip_id="c", video=video, start_frame=110, end_frame=None),  # to the end
+             dict(clip_id="d", video=video, start_frame=500, end_frame=510)]   # past the end
+    stats = DecodeStats()
+    got = dict(extract_mediapipe_video(clips, stats=stats))
+    assert stats.opened == 1 and stats.decoded == 120
+    assert isinstance(got["d"], VideoError) and "no frames in [500, 510)" in str(got["d"])
+    for c in clips[:3]:
+        kp, info = extract_mediapipe(video, start_frame=c["start_frame"], end_frame=c["end_frame"])
+        np.testing.assert_array_equal(got[c["clip_id"]][0], kp)
+        assert got[c["clip_id"]][1] == info
