@@ -208,6 +208,19 @@ def test_config_validation():
         SynthConfig(subjects=4)                  # 4 test + 2 val leave no training subject
     with pytest.raises(ValueError):
         SynthConfig(classes=len(synth.CLASS_NAMES) + 1)
+    assert SynthConfig.from_params({"layout": "imigue", "idle_frames": 0}).layout == "imigue"
+    with pytest.raises(ValueError, match="layout"):
+        SynthConfig(layout="folders")
+    with pytest.raises(ValueError, match="idle_frames"):
+        SynthConfig(idle_frames=-1)
+
+
+def test_params_yaml_synth_block_is_a_config():
+    """Every key of params.yaml's synth block is a SynthConfig field, with the same defaults."""
+    import yaml
+
+    block = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["synth"]
+    assert SynthConfig.from_params(block) == SynthConfig()
 
 
 def test_interrupted_run_never_looks_finished(tmp_path, monkeypatch):
