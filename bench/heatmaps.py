@@ -1,14 +1,27 @@
-"""Benchmark the heatmap renderers and the compressed HDF5 size per clip.
+"""Benchmark the heatmap renderers against pyskl's loop, and the heatmaps stage end to end.
 
-Compares, in one run and on the same clips: the PoseC3D-style reference loop, our numpy
-renderer, our torch renderer on CPU, and, when CUDA is available, our torch renderer on the
-GPU beside a plain full-grid broadcast torch renderer (the SPEC section 11 baseline). Clips
-are random walks of a 68-joint upper-body skeleton (about 60 frames, a few score-0 joints).
-Then writes 68 x 48 x 56 x 56 joint volumes with each compression setting and reports bytes
-per clip, write and read time, on mgpipe.synth's keypoints when data/raw/synth has them.
+Compares, in one run and on the same clips: a port of pyskl's GeneratePoseTarget loop (per
+frame, per keypoint or bone, a +-3 sigma window; pyskl/datasets/pipelines/heatmap_related.py,
+generate_a_heatmap / generate_a_limb_heatmap, rewritten here; its float output transposed and
+quantised to uint8 like ours), our numpy renderer, our torch renderer on CPU, and, when CUDA
+is available, our torch renderer on the GPU beside a plain full-grid broadcast torch renderer
+(the SPEC section 11 baseline). Clips are random walks of a 68-joint upper-body skeleton
+(about 60 frames, a few score-0 joints). Then the stage end to end (render + write
+heatmaps.h5 as stages/heatmaps.py does) with the stage's HDF5 settings
+(mgpipe.heatmaps.H5_COMPRESSION) against the old gzip-1 writer, on mgpipe.synth's keypoints
+when data/raw/synth has them: clips/s, bytes and read+decompress ms per clip, as ratios
+measured in the same run.
 
-    python bench/heatmaps.py               # default run, under two minutes on 2 CPU cores
-    python bench/heatmaps.py --quick       # smoke run
+Goals (exit status 1 when one is missed), at paper scale (68 x 48 x 56 x 56, joint mode):
+- our numpy renderer >= 10x pyskl's loop on one core;
+- the stage end to end (render + write heatmaps.h5) as it runs, with its worker processes
+  (``--stage-workers``, default one per core up to 8), >= 3x the old stage (render + gzip-1
+  write in one process); in one process, >= 2x;
+- reading a clip back (one process) >= 1.5x faster than gzip 1; <= 0.30 MB a clip.
+Timings on a shared machine are noisy: each is the best of repeats.
+
+    python bench/heatmaps.py               # default run, about two minutes on 2 CPU cores
+    python bench/heatmaps.py --quick       # smoke run (goals not checked)
 """
 from __future__ import annotations
 
@@ -100,6 +113,85 @@ def synth_clips(limit: int) -> list[np.ndarray]:
     return out
 
 
+# ---- pyskl's loop (the baseline) ----------------------------------------------------------
+# A port of pyskl's GeneratePoseTarget (the per-frame, per-keypoint loop PoseC3D trains with):
+# same windows (int() of mu +- 3 sigma, end exclusive), same skip of scores < 1e-3, same loop
+# over persons (one here), same float32 [T, K, H, W] buffer; then transposed to [K, T, H, W]
+# and quantised like ours, so both produce the same volume.
+
+PYSKL_EPS = 1e-3
+
+
+def _pyskl_heatmap(arr, centers, max_values, sigma):
+    """generate_a_heatmap: Gaussians of the points ``centers`` [M, 2], max into arr [H, W]."""
+    img_h, img_w = arr.shape
+    for center, max_value in zip(centers, max_values):
+        if max_value < PYSKL_EPS:
+            continue
+        mu_x, mu_y = center[0], center[1]
+        st_x, ed_x = max(int(mu_x - 3 * sigma), 0), min(int(mu_x + 3 * sigma) + 1, img_w)
+        st_y, ed_y = max(int(mu_y - 3 * sigma), 0), min(int(mu_y + 3 * sigma) + 1, img_h)
+        x = np.arange(st_x, ed_x, 1, np.float32)
+        y = np.arange(st_y, ed_y, 1, np.float32)
+        if not (len(x) and len(y)):
+            continue
+        y = y[:, None]
+        patch = np.exp(-((x - mu_x) ** 2 + (y - mu_y) ** 2) / 2 / sigma ** 2) * max_value
+        arr[st_y:ed_y, st_x:ed_x] = np.maximum(arr[st_y:ed_y, st_x:ed_x], patch)
+
+
+def _pyskl_limb(arr, starts, ends, start_values, end_values, sigma):
+    """generate_a_limb_heatmap: distance to the segment start -> end, max into arr [H, W]."""
+    img_h, img_w = arr.shape
+    for start, end, sv, ev in zip(starts, ends, start_values, end_values):
+        value = min(sv, ev)
+        if value < PYSKL_EPS:
+            continue
+        lo_x, hi_x = min(start[0], end[0]), max(start[0], end[0])
+        lo_y, hi_y = min(start[1], end[1]), max(start[1], end[1])
+        lo_x, hi_x = max(int(lo_x - 3 * sigma), 0), min(int(hi_x + 3 * sigma) + 1, img_w)
+        lo_y, hi_y = max(int(lo_y - 3 * sigma), 0), min(int(hi_y + 3 * sigma) + 1, img_h)
+        x = np.arange(lo_x, hi_x, 1, np.float32)
+        y = np.arange(lo_y, hi_y, 1, np.float32)
+        if not (len(x) and len(y)):
+            continue
+        x, y = x[None, :], y[:, None]
+        d2_a = (x - start[0]) ** 2 + (y - start[1]) ** 2
+        d2_b = (x - end[0]) ** 2 + (y - end[1]) ** 2
+        d2_ab = (start[0] - end[0]) ** 2 + (start[1] - end[1]) ** 2
+        if d2_ab < 1:  # a short bone is drawn as its start point
+            _pyskl_heatmap(arr, start[None], sv[None], sigma)
+            continue
+        coeff = (d2_a - d2_b + d2_ab) / 2. / d2_ab
+        on_a, on_b = coeff <= 0, coeff >= 1
+        on_seg = 1 - on_a - on_b
+        pos = np.stack([x + np.zeros_like(y), y + np.zeros_like(x)], axis=-1)
+        proj = start + np.stack([coeff, coeff], axis=-1) * (end - start)
+        d = pos - proj
+        d2 = on_a * d2_a + on_b * d2_b + on_seg * (d[..., 0] ** 2 + d[..., 1] ** 2)
+        patch = np.exp(-d2 / 2. / sigma ** 2) * value
+        arr[lo_y:hi_y, lo_x:hi_x] = np.maximum(arr[lo_y:hi_y, lo_x:hi_x], patch)
+
+
+def render_pyskl(kp, size=hm.DEFAULT_SIZE, sigma=hm.DEFAULT_SIGMA, mode="joint",
+                 frames=hm.DEFAULT_FRAMES, bones=layout.BONES):
+    """pyskl's loop on our sampled, box-normalised coordinates -> uint8 [K, T, H, W]."""
+    c = hm._clean(hm.prepare_coords(kp, size, frames)[0])
+    kps, values = c[None, ..., :2], c[None, ..., 2]  # one person: [M=1, T, J, 2], [1, T, J]
+    T, J = c.shape[:2]
+    ret = np.zeros((T, J if mode == "joint" else len(bones), *size), np.float32)
+    for t in range(T):  # generate_heatmap, one frame
+        arr = ret[t]
+        if mode == "joint":
+            for j in range(J):
+                _pyskl_heatmap(arr[j], kps[:, t, j], values[:, t, j], sigma)
+        else:
+            for i, (a, b) in enumerate(bones):
+                _pyskl_limb(arr[i], kps[:, t, a], kps[:, t, b], values[:, t, a],
+                            values[:, t, b], sigma)
+    return hm._quantize(ret.transpose(1, 0, 2, 3))
+
+
 # ---- the SPEC section 11 GPU baseline ------------------------------------------------------
 
 def dense_torch_joints(coords, size, sigma):
@@ -155,22 +247,25 @@ def bench_render(args, clips) -> list[tuple]:
         for mode in ("joint", "limb"):
             kw = dict(size=size, sigma=args.sigma, mode=mode, frames=frames)
             ref_clips = clips[:args.ref_clips]
-            r_ref = _rate(_each(hm.render_heatmaps_reference, ref_clips, **kw),
-                          len(ref_clips), args.min_time)
+            r_ref = _rate(_each(render_pyskl, ref_clips, **kw), len(ref_clips), args.min_time)
             r_np = _rate(_each(hm.render_heatmaps, clips, **kw), len(clips), args.min_time)
             r_tc = _rate(_each(hm.render_heatmaps, clips, device="cpu", **kw), len(clips),
                          args.min_time)
-            # agreement on the reference clips (uint8 units)
-            diff = 0
+            # agreement (uint8 units) with pyskl's windows, and with the exact reference loop
+            # (pyskl's int() windows hold one more row / column below the point, where the
+            # Gaussian is < 3/255; its limbs draw bones < 1 px as points)
+            d_py = d_ref = 0
             for k in ref_clips:
-                ref = hm.render_heatmaps_reference(k, **kw).astype(np.int16)
-                diff = max(diff, int(np.abs(ref - hm.render_heatmaps(k, **kw)).max()),
-                           int(np.abs(ref - hm.render_heatmaps(k, device="cpu", **kw).numpy())
-                               .max()))
+                ours = hm.render_heatmaps(k, **kw).astype(np.int16)
+                d_py = max(d_py, int(np.abs(render_pyskl(k, **kw) - ours).max()))
+                d_ref = max(d_ref, int(np.abs(hm.render_heatmaps_reference(k, **kw) - ours).max()),
+                            int(np.abs(hm.render_heatmaps(k, device="cpu", **kw).numpy() - ours)
+                                .max()))
             label = f"{name} {mode} {68 if mode == 'joint' else len(layout.BONES)}x{frames}x" \
                     f"{size[0]}x{size[1]}"
-            rows += [(label, "reference loop", r_ref, 1.0, "")]
-            rows += [(label, "ours numpy", r_np, r_np / r_ref, f"max|diff| {diff}")]
+            rows += [(label, "pyskl loop (port)", r_ref, 1.0, "")]
+            rows += [(label, "ours numpy", r_np, r_np / r_ref,
+                      f"max|diff| pyskl {d_py}, exact loop {d_ref}")]
             rows += [(label, "ours torch cpu", r_tc, r_tc / r_ref, "")]
             if cuda:
                 rows += bench_cuda(args, clips, label, kw, r_ref)
@@ -208,41 +303,79 @@ def bench_cuda(args, clips, label, kw, r_ref) -> list[tuple]:
     return rows
 
 
-def bench_bytes(args, clips, source: str) -> list[tuple]:
-    """Bytes per clip on disk and write/read ms per clip, per compression setting."""
-    vols = [hm.render_clip(k, (640, 480), (56, 56), args.sigma, "joint", 48) for k in clips]
-    rows = []
-    settings = [("gzip", 1), ("gzip", 4), ("gzip", 9), ("lzf", None)]
+def bench_stage(args, kps, source: str) -> dict:
+    """The heatmaps stage end to end, as stages/heatmaps.py runs it (render each clip from
+    its keypoints, write it to heatmaps.h5), with the stage's HDF5 settings and with the old
+    gzip-1 writer, alternating, best of ``args.stage_reps``; then read+decompress per clip."""
     import h5py
-    with tempfile.TemporaryDirectory() as tmp:
-        for comp, level in settings:
-            path = os.path.join(tmp, f"hm_{comp}{level}.h5")
-            t0 = time.perf_counter()
-            hm.write_heatmaps_h5(path, ((f"c{i}", v, a) for i, (v, a) in enumerate(vols)),
-                                 compression=comp, compression_opts=level)
-            t_w = (time.perf_counter() - t0) / len(vols)
-            t0 = time.perf_counter()
-            with h5py.File(path, "r") as f:
-                for i in range(len(vols)):
-                    f[f"c{i}"][()]
-            t_r = (time.perf_counter() - t0) / len(vols)
-            name = comp + ("" if level is None else f" {level}")
-            rows.append((name, os.path.getsize(path) / len(vols), t_w * 1e3, t_r * 1e3))
-    raw = vols[0][0].nbytes
-    print(f"\nbytes per clip, 68x48x56x56 joint volumes, sigma {args.sigma}, {len(vols)} clips "
-          f"of {source} keypoints (raw {raw / 1e6:.2f} MB, goal <= 0.30 MB):")
-    print(f"{'compression':<12} {'MB/clip':>8} {'write ms/clip':>14} {'read ms/clip':>13}")
-    for name, b, tw, tr in rows:
-        print(f"{name:<12} {b / 1e6:>8.3f} {tw:>14.1f} {tr:>13.1f}")
-    return rows
+    kw = dict(size=(56, 56), sigma=args.sigma, mode="joint", frames=48)
+    from mgpipe.signals import worker_pool
+    zstd = f"{hm.H5_COMPRESSION} {hm.H5_LEVEL}"
+    settings = [(f"{zstd}, 1 process", hm.H5_COMPRESSION, hm.H5_LEVEL, 1),
+                ("gzip 1 (old), 1 proc", "gzip", 1, 1)]
+    if args.stage_workers > 1:
+        settings.append((f"{zstd}, {args.stage_workers} workers", hm.H5_COMPRESSION, hm.H5_LEVEL,
+                         args.stage_workers))
+    res = {name: dict(e2e=float("inf"), read=float("inf")) for name, *_ in settings}
+
+    def items(comp, level, pool):
+        if pool is None:  # as the stage with one process: render, write
+            return ((f"c{i:04d}", *hm.render_clip(k, (640, 480), **kw)) for i, k in enumerate(kps))
+        jobs = ((f"c{i:04d}", k, (640, 480), kw["size"], kw["sigma"], kw["mode"], kw["frames"],
+                 comp, level) for i, k in enumerate(kps))
+        return ((c, v, a) for c, v, a, _ in hm.map_ordered(pool, hm.render_encoded, jobs,
+                                                           4 * args.stage_workers))
+
+    r_render = _rate(_each(hm.render_clip, kps, source_size=(640, 480), **kw), len(kps),
+                     args.min_time)
+    with tempfile.TemporaryDirectory() as tmp, worker_pool(max(args.stage_workers, 2)) as pool:
+        list(pool.map(abs, range(8)))  # start the workers (a stage pays this once)
+        for _ in range(args.stage_reps):
+            for name, comp, level, workers in settings:
+                path = os.path.join(tmp, "hm.h5")
+                t0 = time.perf_counter()
+                hm.write_heatmaps_h5(path, items(comp, level, pool if workers > 1 else None),
+                                     compression=comp, compression_opts=level)
+                res[name]["e2e"] = min(res[name]["e2e"], (time.perf_counter() - t0) / len(kps))
+                res[name]["bytes"] = os.path.getsize(path) / len(kps)
+                t0 = time.perf_counter()
+                with h5py.File(path, "r") as f:
+                    for i in range(len(kps)):
+                        f[f"c{i:04d}"][()]
+                res[name]["read"] = min(res[name]["read"], (time.perf_counter() - t0) / len(kps))
+                os.remove(path)
+    print(f"\nthe heatmaps stage end to end, 68x48x56x56 joint volumes, sigma {args.sigma}, "
+          f"{len(kps)} clips of {source} keypoints, one process; rendering alone "
+          f"{r_render:.0f} clips/s ({1e3 / r_render:.1f} ms/clip):")
+    print(f"{'writer':<20} {'clips/s':>8} {'ms/clip':>8} {'MB/clip':>8} {'read ms/clip':>13}")
+    for name, r in res.items():
+        print(f"{name:<20} {1 / r['e2e']:>8.1f} {r['e2e'] * 1e3:>8.2f} {r['bytes'] / 1e6:>8.3f} "
+              f"{r['read'] * 1e3:>13.2f}")
+    new, old = (res[n] for n, *_ in settings[:2])
+    out = dict(e2e_ratio=old["e2e"] / new["e2e"], read_ratio=old["read"] / new["read"],
+               mb=new["bytes"] / 1e6)
+    print(f"stage end to end, one process: {out['e2e_ratio']:.1f}x the gzip-1 writer's rate; "
+          f"read back {out['read_ratio']:.1f}x faster; {out['mb']:.3f} MB/clip "
+          f"({old['bytes'] / new['bytes']:.1f}x smaller)")
+    if len(settings) > 2:
+        par = res[settings[2][0]]
+        print(f"with {args.stage_workers} worker processes: {new['e2e'] / par['e2e']:.1f}x one "
+              f"process, {old['e2e'] / par['e2e']:.1f}x the old stage (on a shared "
+              f"{os.cpu_count()}-CPU machine; it scales with free cores)")
+    out["e2e_workers_ratio"] = (old["e2e"] / res[settings[2][0]]["e2e"] if len(settings) > 2
+                                else out["e2e_ratio"])
+    return out
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=24, help="clips rendered per timing (ours)")
     ap.add_argument("--ref-clips", type=int, default=4, help="clips for the reference loop")
-    ap.add_argument("--bytes-clips", type=int, default=24, help="clips for the size test")
+    ap.add_argument("--stage-clips", type=int, default=48, help="clips for the stage timing")
+    ap.add_argument("--stage-reps", type=int, default=3, help="repeats of the stage timing")
+    ap.add_argument("--stage-workers", type=int, default=min(os.cpu_count() or 1, 8),
+                    help="worker processes for the parallel stage row (1: none)")
     ap.add_argument("--min-time", type=float, default=2.0, help="seconds per measurement")
     ap.add_argument("--sigma", type=float, default=hm.DEFAULT_SIGMA)
     ap.add_argument("--threads", type=int, default=1,
@@ -254,7 +387,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.quick:
-        args.clips, args.ref_clips, args.bytes_clips, args.min_time = 4, 1, 4, 0.2
+        args.clips, args.ref_clips, args.stage_clips, args.min_time = 4, 1, 4, 0.2
+        args.stage_reps = 1
         args.gpu_batch = min(args.gpu_batch, 8)
 
     import torch
@@ -271,10 +405,28 @@ def main(argv=None) -> None:
     for label, name, rate, ratio, note in rows:
         print(f"{label:<26} {name:<24} {rate:>10.1f} {ratio:>8.1f}  {note}")
 
-    real = synth_clips(args.bytes_clips)
+    real = synth_clips(args.stage_clips)
     source = "mgpipe.synth (data/raw/synth/keypoints)" if real else "random-walk"
-    bench_bytes(args, real or random_walk_clips(args.bytes_clips, rng), source)
+    stage = bench_stage(args, real or random_walk_clips(args.stage_clips, rng), source)
 
+    paper = {name: ratio for label, name, _, ratio, _ in rows if label.startswith("paper joint")}
+    goals = [(f"numpy renderer {paper['ours numpy']:.1f}x pyskl's loop (>= 10x)",
+              paper["ours numpy"] >= 10),
+             (f"stage end to end with {args.stage_workers} worker process(es) "
+              f"{stage['e2e_workers_ratio']:.1f}x the old stage (>= 3x)",
+              stage["e2e_workers_ratio"] >= 3),
+             (f"stage end to end in one process {stage['e2e_ratio']:.1f}x the old stage (>= 2x)",
+              stage["e2e_ratio"] >= 2),
+             (f"read back {stage['read_ratio']:.1f}x faster than gzip 1 (>= 1.5x)",
+              stage["read_ratio"] >= 1.5),
+             (f"{stage['mb']:.3f} MB per clip (<= 0.30)", stage["mb"] <= 0.30)]
+    print("\ngoals:")
+    for text, ok in goals:
+        print(f"  {'ok  ' if ok else 'MISS'} {text}")
+    if args.quick:
+        print("(--quick: goals not enforced)")
+        return 0
+    return 0 if all(ok for _, ok in goals) else 1
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

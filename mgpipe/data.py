@@ -6,12 +6,17 @@ Inputs per branch (stored -> loader item -> model input):
     heatmap  heatmaps.h5   /<clip>     uint8 [K, T, H, W]   -> as stored -> float [K, T, H, W]
     rgb      rgb.h5        /<clip>     uint8 [T, H, W, 3]   -> as stored -> float [3, T, H, W]
 
-The loader only indexes and batches; flips, crops and time shifts are applied to a whole
-batch by ``model_input`` on the training device (the GPU when there is one), so moving
-uint8 clips is all the loader costs.
+Training reads each clip from its file when the loader needs it (``H5Clips``): a process
+holds the clips in flight, not the dataset. The loader only reads, indexes and batches;
+flips, crops and time shifts are applied to a whole batch by ``model_input`` on the
+training device (the GPU when there is one), so reading and moving uint8 clips is all the
+loader costs.
 """
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Sequence
 
@@ -19,10 +24,15 @@ import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from mgpipe import layout
 from mgpipe.sampling import uniform_indices
+
+try:  # registers HDF5's zstd filter (heatmaps.h5 is zstd-compressed; mgpipe.heatmaps.H5_COMPRESSION)
+    import hdf5plugin  # noqa: F401
+except ImportError:  # pragma: no cover - gzip files still read; zstd ones say what is missing
+    pass
 
 # Kinetics-400 statistics, as torchvision's video models expect.
 RGB_MEAN = np.array([0.43216, 0.394666, 0.37645], np.float32)
@@ -31,19 +41,98 @@ RGB_STD = np.array([0.22803, 0.22145, 0.216989], np.float32)
 MODALITY_OF = {"stcnn": "joints", "posec3d": "heatmap", "r2plus1d": "rgb", "swin3d": "rgb"}
 
 
+def _read_clip(f, path, cid: str, modality: str) -> np.ndarray:
+    if cid not in f:
+        raise KeyError(f"{path}: no clip {cid!r}; the file is older than the manifest: "
+                       f"rerun the stage that writes it (dvc repro)")
+    node = f[cid]
+    return (node["kp"] if modality == "joints" else node)[()]
+
+
 def read_h5_clips(path: str | Path, clip_ids: Sequence[str], modality: str) -> dict[str, np.ndarray]:
-    """All listed clips of one stage output as arrays (in memory). A clip missing from the
-    file raises KeyError naming the file (``mgpipe.train.branch_data`` lists only clips present:
-    clips an earlier stage skipped are recorded in its ``*_skipped.csv``)."""
-    out = {}
+    """All listed clips of one stage output as arrays, in memory: small sets only (tests,
+    tools); training reads through ``H5Clips``, whose memory does not grow with the number of
+    clips. A clip missing from the file raises KeyError naming the file."""
     with h5py.File(path, "r") as f:
-        for cid in clip_ids:
-            if cid not in f:
-                raise KeyError(f"{path}: no clip {cid!r}; the file is older than the manifest: "
-                               f"rerun the stage that writes it (dvc repro)")
-            node = f[cid]
-            out[cid] = (node["kp"] if modality == "joints" else node)[()]
-    return out
+        return {cid: _read_clip(f, path, cid, modality) for cid in clip_ids}
+
+
+class H5Clips(Mapping):
+    """Read-only mapping clip_id -> array, read from a stage's HDF5 output one clip per access.
+
+    Nothing is kept between accesses, so a process holds only the clips it is using (the
+    loader's batches in flight), whatever the number of clips: iMiGUE's 18.5k clips are
+    189 GB of paper-size heatmaps, far beyond one training process's RAM, let alone one per
+    GPU. Each access returns a new array equal to what ``read_h5_clips`` returns.
+
+    The HDF5 file is opened on first access in each process and reopened after a fork (the
+    owner's pid is checked on every access), so an h5py handle never crosses into DataLoader
+    workers; pickling (spawned workers) drops it too. ``modality`` as in ``ClipDataset``:
+    "joints" reads ``/<clip>/kp``, the others ``/<clip>``. Keys are ``clip_ids`` (in order,
+    duplicates dropped); whether they are in the file is checked when a clip is read.
+    """
+
+    def __init__(self, path: str | Path, clip_ids: Sequence[str], modality: str):
+        if modality not in ("joints", "heatmap", "rgb"):
+            raise ValueError(f"unknown modality {modality!r}")
+        self.path, self.modality = str(path), modality
+        self._ids = list(dict.fromkeys(clip_ids))
+        self._keys = frozenset(self._ids)
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+
+    def _h5(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            # an inherited handle (after fork) belongs to the parent: never use or close it
+            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+        return self._file
+
+    def __getitem__(self, cid: str) -> np.ndarray:
+        if cid not in self._keys:
+            raise KeyError(cid)
+        return _read_clip(self._h5(), self.path, cid, self.modality)
+
+    def __contains__(self, cid) -> bool:
+        return cid in self._keys
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def read_into(self, cid: str, out: np.ndarray) -> None:
+        """Read one clip straight into ``out`` (C-contiguous, the clip's shape and dtype):
+        decompressed into the caller's buffer, no intermediate array."""
+        if cid not in self._keys:
+            raise KeyError(cid)
+        f = self._h5()
+        if cid not in f or self.modality == "joints":
+            out[...] = _read_clip(f, self.path, cid, self.modality)
+            return
+        f[cid].read_direct(out)
+
+    def shape(self, cid: str) -> tuple[int, ...]:
+        """The stored shape of one clip, read from the file's metadata (no data)."""
+        if cid not in self._keys:
+            raise KeyError(cid)
+        f = self._h5()
+        if cid not in f:
+            _read_clip(f, self.path, cid, self.modality)  # raises the KeyError naming the file
+        node = f[cid]
+        return tuple((node["kp"] if self.modality == "joints" else node).shape)
+
+    def close(self) -> None:
+        """Close this process's handle (it reopens on the next access)."""
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = self._pid = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_file": None, "_pid": None}
+
+    def __repr__(self) -> str:
+        return f"H5Clips({self.path!r}, {len(self)} clips, {self.modality!r})"
 
 
 def normalize_joints(kp: np.ndarray, min_score: float = 0.05) -> np.ndarray:
@@ -174,7 +263,8 @@ def _joints_input(x: torch.Tensor, aug: torch.Tensor, flip: torch.Tensor | None,
 class ClipDataset(Dataset):
     """(stored input, augmentation, label index or -1, position) per clip of one modality.
 
-    ``arrays``: clip_id -> array as stored by the stage (see module docstring);
+    ``arrays``: clip_id -> array as stored by the stage (see module docstring): a dict in
+    memory, or an ``H5Clips`` that reads each clip from the file when it is needed;
     ``labels``: class index per clip (-1 = unknown, e.g. test clips);
     ``train``: random augmentation (flip with left/right swap, temporal jitter, crops).
     Items stay as stored (uint8 for heatmaps and RGB) with their augmentation parameters;
@@ -183,7 +273,7 @@ class ClipDataset(Dataset):
     number of loader workers.
     """
 
-    def __init__(self, modality: str, arrays: dict[str, np.ndarray], clip_ids: Sequence[str],
+    def __init__(self, modality: str, arrays: Mapping[str, np.ndarray], clip_ids: Sequence[str],
                  labels: Sequence[int], train: bool = False, frames: int = 32,
                  motion: bool = True, flip: bool = True, seed: int = 0,
                  heatmap_mode: str = "joint"):
@@ -214,7 +304,59 @@ class ClipDataset(Dataset):
             x = torch.from_numpy(a)
         return x, torch.from_numpy(aug), int(self.labels[i]), i
 
+    def batch(self, indices: Sequence[int]):
+        """The collated batch of ``indices``: what ``default_collate`` makes of their items,
+        but heatmap and RGB clips are read straight into one batch tensor (in a loader
+        worker, in shared memory, as ``default_collate`` allocates it), one copy of each clip
+        fewer than reading clips and stacking them: at paper size the copies, not the
+        decompression, dominate a loader worker's time."""
+        if self.modality == "joints" or not indices:
+            return default_collate([self[i] for i in indices])
+        first = self.clip_ids[indices[0]]
+        shape = (self.arrays.shape(first) if isinstance(self.arrays, H5Clips)
+                 else self.arrays[first].shape)
+        x = _batch_tensor((len(indices), *shape), torch.uint8)
+        augs = np.empty((len(indices), 6), np.float32)
+        min_crop = 0.8 if self.modality == "heatmap" else 0.7
+        for k, i in enumerate(indices):
+            cid, dest = self.clip_ids[i], x[k].numpy()
+            if isinstance(self.arrays, H5Clips):
+                if self.arrays.shape(cid) != shape:
+                    raise ValueError(f"{self.arrays.path}: clip {cid} has shape "
+                                     f"{self.arrays.shape(cid)}, the batch {shape}; rerun its stage")
+                self.arrays.read_into(cid, dest)
+            else:
+                dest[...] = self.arrays[cid]
+            rng = np.random.default_rng([self.seed, self.epoch, i]) if self.train else None
+            augs[k] = _draw_aug(rng, self.modality, self.flip, min_crop)
+        idx = torch.as_tensor(list(indices), dtype=torch.int64)
+        return x, torch.from_numpy(augs), torch.as_tensor(self.labels[list(indices)]), idx
+
     def to_input(self, x: torch.Tensor, aug: torch.Tensor) -> torch.Tensor:
         """``model_input`` of a collated batch with this dataset's modality settings."""
         flip = self.channel_flip if self.modality == "heatmap" else None
         return model_input(x, aug, self.modality, flip, self.motion)
+
+
+class ClipBatches(Dataset):
+    """``clips`` a batch at a time, for a ``DataLoader(..., batch_size=None, sampler=S)``
+    whose sampler ``S`` yields lists of positions: item = ``clips.batch(positions)``."""
+
+    def __init__(self, clips: ClipDataset):
+        self.clips = clips
+
+    def __getitem__(self, indices: Sequence[int]):
+        return self.clips.batch(indices)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+
+def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An empty tensor; in a DataLoader worker its memory is shared (as default_collate
+    allocates it), so handing it to the main process copies nothing."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    proto = torch.empty(0, dtype=dtype)
+    storage = proto._typed_storage()._new_shared(math.prod(shape), device=proto.device)
+    return proto.new(storage).resize_(shape)

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Iterable, Sequence
+from collections import deque
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
 from . import layout
-from .io import atomic_path
+from .io import H5_COMPRESSION, H5_LEVEL, atomic_path, h5_filter  # noqa: F401 (re-exported)
 from .sampling import uniform_indices
 
 DEFAULT_SIZE = (56, 56)
@@ -524,31 +525,99 @@ def render_clip(kp: np.ndarray, source_size: tuple[int, int], size: tuple[int, i
     return vol, attrs
 
 
+def _register_filters() -> None:
+    """Make hdf5plugin's filters (zstd) readable in this process, when it is installed."""
+    try:
+        import hdf5plugin  # noqa: F401 - registers the filters with HDF5 on import
+    except ImportError:  # pragma: no cover
+        pass
+
+
+class EncodedVolume(NamedTuple):
+    """A volume compressed as the single chunk heatmaps.h5 stores, made where it was rendered
+    (a worker process) so the writer only copies bytes: ``write_heatmaps_h5`` accepts it in
+    place of an array, and the file is byte-identical to writing the array."""
+    shape: tuple[int, ...]
+    chunk: bytes
+    filter_mask: int
+    compression: str | None
+    level: int | None
+
+
+def encode_volume(vol: np.ndarray, compression: str | None = H5_COMPRESSION,
+                  level: int | None = H5_LEVEL) -> EncodedVolume:
+    """uint8 ``vol`` compressed by HDF5's own filter pipeline (an in-memory file), as the one
+    chunk ``write_heatmaps_h5`` would store."""
+    import h5py
+
+    vol = np.ascontiguousarray(vol, np.uint8)
+    with h5py.File(f"encode-{os.getpid()}-{id(vol)}.h5", "w", driver="core",
+                   backing_store=False) as f:
+        ds = f.create_dataset("v", data=vol, chunks=vol.shape, **h5_filter(compression, level))
+        mask, chunk = ds.id.read_direct_chunk((0,) * vol.ndim)
+    return EncodedVolume(tuple(vol.shape), bytes(chunk), int(mask), compression, level)
+
+
+def render_encoded(job: tuple) -> tuple[str, EncodedVolume | None, dict | None, str | None]:
+    """A worker's job for the heatmaps stage: (clip_id, kp, source_size, size, sigma, mode,
+    frames, compression, level) -> (clip_id, EncodedVolume, attrs, None), or
+    (clip_id, None, None, "Error: message") when the clip fails to render."""
+    clip_id, kp, source_size, size, sigma, mode, frames, compression, level = job
+    try:
+        vol, attrs = render_clip(kp, source_size, size, sigma, mode, frames)
+        return clip_id, encode_volume(vol, compression, level), attrs, None
+    except Exception as e:  # noqa: BLE001 - one bad clip must not stop thousands
+        return clip_id, None, None, f"{type(e).__name__}: {e}"
+
+
+def map_ordered(pool, fn, jobs: Iterable, window: int) -> Iterator:
+    """``map(fn, jobs)`` on an executor, results in order, at most ``window`` jobs in flight
+    (``Executor.map`` would consume every job, e.g. every clip's keypoints, up front)."""
+    pending: deque = deque()
+    for job in jobs:
+        pending.append(pool.submit(fn, job))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 def write_heatmaps_h5(path: str | os.PathLike,
                       items: Iterable[tuple[str, np.ndarray, dict[str, Any]]], *,
-                      compression: str = "gzip", compression_opts: int | None = 1,
+                      compression: str | None = H5_COMPRESSION,
+                      compression_opts: int | None = H5_LEVEL,
                       file_attrs: dict[str, Any] | None = None) -> int:
     """Write heatmap volumes to ``path``, one dataset per clip; returns the number written.
 
-    items: (clip_id, uint8 [K, T, H, W], attrs) triples, consumed one at a time so a whole
-    dataset never sits in memory. Each volume is a single chunk (a clip is always read
-    whole), compressed with ``compression``. gzip level 1 is the default: on 68x48x56x56
-    joint volumes it stores about 0.11 MB a clip (of 10.2 MB raw) and is the fastest to
-    write and to read back; level 9 saves another third at 6x the write time, lzf is
-    larger (0.19 MB) and slower to read (bench/heatmaps.py measures all four).
+    items: (clip_id, uint8 [K, T, H, W] or its ``EncodedVolume``, attrs) triples, consumed one
+    at a time so a whole dataset never sits in memory. Each volume is a single chunk (a clip is always read
+    whole), compressed losslessly with ``compression`` at level ``compression_opts``
+    (``h5_filter``; zstd 1 by default, see ``H5_COMPRESSION``: reading it needs hdf5plugin
+    imported, which ``mgpipe.data`` and ``read_heatmaps_h5`` do).
     The file appears under ``path`` only once complete.
     """
     import h5py
 
-    opts = compression_opts if compression == "gzip" else None
+    options = h5_filter(compression, compression_opts)
     n = 0
     with atomic_path(path, suffix=".h5") as tmp:
-        with h5py.File(tmp, "w") as f:
+        # no chunk cache: each chunk goes to the file when written, whether it was compressed
+        # here or by a worker (EncodedVolume), so the layout and the bytes are the same
+        with h5py.File(tmp, "w", rdcc_nbytes=0) as f:
             f.attrs.update(file_attrs or {})
             for clip_id, vol, attrs in items:
-                vol = np.ascontiguousarray(vol, np.uint8)
-                ds = f.create_dataset(str(clip_id), data=vol, chunks=vol.shape, track_times=False,
-                                      compression=compression, compression_opts=opts)
+                if isinstance(vol, EncodedVolume):  # compressed by a worker: copy the chunk
+                    if (vol.compression, vol.level) != (compression, compression_opts):
+                        raise ValueError(f"{clip_id}: encoded with {vol.compression} "
+                                         f"{vol.level}, the file is {compression} "
+                                         f"{compression_opts}")
+                    ds = f.create_dataset(str(clip_id), shape=vol.shape, dtype=np.uint8,
+                                          chunks=vol.shape, track_times=False, **options)
+                    ds.id.write_direct_chunk((0,) * len(vol.shape), vol.chunk, vol.filter_mask)
+                else:
+                    vol = np.ascontiguousarray(vol, np.uint8)
+                    ds = f.create_dataset(str(clip_id), data=vol, chunks=vol.shape,
+                                          track_times=False, **options)
                 ds.attrs.update(attrs)
                 n += 1
     return n
@@ -557,6 +626,8 @@ def write_heatmaps_h5(path: str | os.PathLike,
 def read_heatmaps_h5(path: str | os.PathLike, clip_id: str) -> tuple[np.ndarray, dict]:
     """One clip's volume uint8 [K, T, H, W] and its attributes."""
     import h5py
+
+    _register_filters()
 
     with h5py.File(path, "r") as f:
         ds = f[clip_id]

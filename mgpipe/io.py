@@ -80,3 +80,36 @@ def save_torch_atomic(obj, path: str | os.PathLike) -> None:
 
     with atomic_path(path, suffix=".pt") as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
+
+
+# How heatmaps.h5 and rgb.h5 store a clip: one chunk per clip (a clip is always read whole), zstd
+# level 1 (HDF5 filter 32015, from the hdf5plugin package). `python bench/loader.py --codecs`,
+# 68 x 48 x 56 x 56 volumes of mgpipe.synth's keypoints, one process on a shared 2-core
+# machine (two runs), write / read+decompress ms per clip and MB per clip: zstd 1 5-7 /
+# 3.3-4.3 / 0.054; gzip 1 (the previous default) 26-53 / 13-20 / 0.108; lzf 21-36 / 24-36 /
+# 0.19; lz4 4-6 / 3.2-3.6 / 0.11; blosc-lz4 3-9 / 2.6-8 / 0.12; none 10.2 MB. Per-frame
+# chunks are no faster and larger. bench/heatmaps.py: the stage end to end (render + write)
+# 2.5x the gzip-1 stage in one process, 3.3-5.3x with 2 worker processes (stages/heatmaps.py
+# renders and compresses in workers; h5py holds the GIL while compressing, so a writer
+# thread gains nothing).
+H5_COMPRESSION = "zstd"
+H5_LEVEL = 1
+
+
+def h5_filter(compression: str | None = H5_COMPRESSION, level: int | None = H5_LEVEL) -> dict:
+    """h5py ``create_dataset`` keyword arguments for a compression: "zstd" (hdf5plugin; level
+    1-22), "gzip" (level 0-9), "lzf", or None (uncompressed)."""
+    if compression is None:
+        return {}
+    if compression == "zstd":
+        try:
+            import hdf5plugin
+        except ImportError as e:  # pragma: no cover - a dependency of the project
+            raise ImportError("heatmaps.h5 and rgb.h5 are zstd-compressed: install hdf5plugin "
+                              "(pip install hdf5plugin)") from e
+        return dict(hdf5plugin.Zstd(clevel=int(level or 1)))
+    if compression == "gzip":
+        return dict(compression="gzip", compression_opts=1 if level is None else int(level))
+    if compression == "lzf":
+        return dict(compression="lzf")
+    raise ValueError(f"unknown compression {compression!r}; expected zstd, gzip, lzf or None")

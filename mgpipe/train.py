@@ -18,7 +18,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from mgpipe import distributed
 
-from mgpipe.data import ClipDataset
+from mgpipe.data import ClipBatches, ClipDataset
 from mgpipe.io import atomic_path, save_torch_atomic
 from mgpipe.losses import class_weights, orthonormal_anchors, total_loss
 from mgpipe.metrics import classification_metrics
@@ -169,7 +169,9 @@ def predict(model: torch.nn.Module, dataset: ClipDataset, device: torch.device,
     """Logits [N, C] (float32) for every clip of ``dataset``, in its order."""
     model.eval()
     out = []
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    batches = [list(range(i, min(i + batch_size, len(dataset))))
+               for i in range(0, len(dataset), batch_size)]
+    loader = DataLoader(ClipBatches(dataset), batch_size=None, sampler=batches)
     for x, aug, _, _ in prefetch_to_device(loader, device, host=(1,)):  # aug stays on the CPU
         x = dataset.to_input(x, aug)
         if channels_last:
@@ -350,8 +352,10 @@ def train_branch(branch: str, data: BranchData, cfg: dict, out_dir: str | Path,
     test_set = ClipDataset(data.modality, data.arrays, data.test_ids, [-1] * len(data.test_ids),
                            **common)
     sampler = GlobalBatchSampler(len(train_set), cfg["batch_size"], cfg["seed"], world, rank)
-    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=cfg["workers"],
-                        pin_memory=device.type == "cuda", persistent_workers=cfg["workers"] > 0)
+    # the sampler yields each global batch's share; ClipBatches reads it as one batch
+    loader = DataLoader(ClipBatches(train_set), batch_size=None, sampler=sampler,
+                        num_workers=cfg["workers"], pin_memory=device.type == "cuda",
+                        persistent_workers=cfg["workers"] > 0)
 
     model = build_model(branch, data.num_classes, _input_channels(data, cfg),
                         embed_dim=cfg["embed_dim"], dropout=cfg["dropout"],

@@ -27,7 +27,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from mgpipe.crop import crop_sheet, crop_video
-from mgpipe.io import atomic_path, read_manifest, write_csv_atomic
+from mgpipe.io import atomic_path, h5_filter, read_manifest, write_csv_atomic
 from mgpipe.params import load_params
 from mgpipe.signals import run_interruptible, worker_pool
 from mgpipe.video import DecodeStats
@@ -49,8 +49,8 @@ def _job(args):
                 if err is not None:  # a corrupt clip or video must not kill a run of thousands
                     errors[cid] = f"{type(err).__name__}: {err}"
                     continue
-                ds = h5.create_dataset(cid, data=rgb, chunks=rgb.shape, compression="gzip",
-                                       track_times=False, compression_opts=1)
+                ds = h5.create_dataset(cid, data=rgb, chunks=rgb.shape, track_times=False,
+                                       **h5_filter())  # zstd 1: see mgpipe.io.H5_COMPRESSION
                 ds.attrs.update(attrs)
                 fallbacks += bool(attrs["fallback"])
                 if full is not None:
