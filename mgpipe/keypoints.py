@@ -24,6 +24,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -626,14 +627,14 @@ def _worker_stderr(ctx, noise: re.Pattern = WORKER_STDERR_NOISE) -> Iterator[Any
         thread.join(5.0)  # EOF comes once every worker has exited
 
 
-_started = None  # in a worker: the queue on which it announces each clip it starts
-_results = None  # in a worker running videos: the queue on which it sends each clip's result
+_started = None  # in a worker: the queue on which it announces each task (its first clip_id)
+_results = None  # in a worker: the queue on which it sends each clip's result
 
 
 def _init_worker(started, parent_pid: int, stderr=None, results=None) -> None:
     """Worker initializer: die with the parent, ignore SIGINT (``signals.init_worker``), send
-    fd 2 into the parent's filtered pipe, announce clips on ``started``, send per-clip
-    results of whole videos on ``results``."""
+    fd 2 into the parent's filtered pipe, announce tasks on ``started``, send per-clip
+    results on ``results``."""
     global _started, _results
     init_worker(parent_pid)
     if stderr is not None:
@@ -669,7 +670,7 @@ def _iter_group(extract_fn: Callable, group: list[dict]) -> Iterator[tuple[str, 
 
 
 def _run_group(extract_fn: Callable, group: list[dict]) -> None:
-    """Worker: one video's clips, each result sent on ``_results`` as it finishes (so an
+    """Worker: one task's clips, each result sent on ``_results`` as it finishes (so an
     interruption keeps them, and the worker holds one clip's result at a time)."""
     if _started is not None:
         _started.put(group[0]["clip_id"])
@@ -677,94 +678,33 @@ def _run_group(extract_fn: Callable, group: list[dict]) -> None:
         _results.put(item)
 
 
-def _run_one(extract_fn: Callable, clip: dict):
-    if _started is not None:
-        _started.put(clip["clip_id"])
-    return extract_fn(clip)
+def _clip_as_group(extract_fn: Callable, group: list[dict]) -> Iterator[tuple[str, Any]]:
+    """A per-clip ``extract_fn`` (clip -> result) as a group one, for a group of one clip."""
+    clip, = group
+    yield clip["clip_id"], extract_fn(clip)
 
 
 def _map_clips(clips: list[dict], extract_fn: Callable, workers: int, start_method: str,
-               ) -> Iterator[tuple[dict, Any, BaseException | None]]:
-    """Yield (clip, result, error) as clips finish in ``workers`` processes (0: in this one).
-
-    A worker that dies (segfault, OOM kill) breaks the pool: the clips it had started are
-    rerun one at a time in a pool of their own, so only the clip that kills a worker is lost
-    (error = BrokenProcessPool); the others go back to the parallel pool. Workers die with
-    this process, even when it is SIGKILLed, and their stderr loses known noise
-    (``WORKER_STDERR_NOISE``). An interruption (KeyboardInterrupt, ``signals.Interrupted``,
-    closing the generator) terminates the workers before it propagates.
-    """
-    if workers == 0:
-        for clip in clips:
-            try:
-                yield clip, extract_fn(clip), None
-            except Exception as err:  # noqa: BLE001 - any failure skips the clip
-                yield clip, None, err
-        return
-    ctx = mp.get_context(start_method)
-    queue, alone = list(clips), []
-    with _worker_stderr(ctx) as stderr:
-        while queue or alone:
-            if alone:
-                batch, n, isolated = [alone.pop()], 1, True
-            else:
-                batch, n, isolated, queue = queue, min(workers, len(queue)), False, []
-            started = ctx.SimpleQueue()
-            try:
-                broken = yield from _run_pool(ctx, batch, n, isolated, extract_fn, started, stderr)
-                if broken:
-                    ids = set()
-                    while not started.empty():
-                        ids.add(started.get())
-                    suspects = [c for c in broken if c["clip_id"] in ids]
-                    if not suspects:
-                        raise RuntimeError(
-                            "worker processes died before starting any clip: is extract_fn "
-                            "importable in a fresh process, and does the main script guard its "
-                            "entry point with `if __name__ == '__main__':`?")
-                    alone += suspects
-                    queue += [c for c in broken if c["clip_id"] not in ids]
-            finally:
-                started.close()
-
-
-def _run_pool(ctx, batch: list[dict], n: int, isolated: bool, extract_fn: Callable, started,
-              stderr) -> Iterator[tuple[dict, Any, BaseException | None]]:
-    """One pool of ``n`` workers over ``batch``: yields like ``_map_clips``, returns the clips
-    lost to a broken pool (to retry) unless ``isolated`` (then they are yielded as errors)."""
-    ex = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker,
-                             initargs=(started, os.getpid(), stderr))
-    broken: list[dict] = []
-    try:
-        pending = {ex.submit(_run_one, extract_fn, c): c for c in batch}
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                clip = pending.pop(fut)
-                try:
-                    yield clip, fut.result(), None
-                except BrokenProcessPool as err:
-                    if isolated:
-                        yield clip, None, err
-                    else:
-                        broken.append(clip)
-                except Exception as err:  # noqa: BLE001
-                    yield clip, None, err
-    except BaseException:
-        # Interrupted: unwritten results are lost anyway, so do not let workers finish their
-        # queued clips (minutes each on long videos).
-        terminate_pool(ex)
-        raise
-    ex.shutdown(wait=True)
-    return broken
+               ) -> Iterator[tuple[dict, Any, BaseException | str | None]]:
+    """``_map_groups`` with one clip per task and ``extract_fn(clip) -> result``."""
+    return _map_groups([[c] for c in clips], partial(_clip_as_group, extract_fn), workers,
+                       start_method, unit="clip")
 
 
 def _map_groups(groups: list[list[dict]], extract_fn: Callable, workers: int,
-                start_method: str) -> Iterator[tuple[dict, Any, BaseException | str | None]]:
-    """``_map_clips`` with one video (its clips, ``groups``' items) per task: yields (clip,
-    result, error or reason) per clip as the workers send them. A worker that dies loses
-    only the clips of its video not yet sent: they are rerun alone, and if that dies too,
-    one clip at a time, so only the clip that kills a worker is skipped."""
+                start_method: str, unit: str = "video",
+                ) -> Iterator[tuple[dict, Any, BaseException | str | None]]:
+    """Yield (clip, result, error or reason) per clip as the ``workers`` processes (0: this
+    one) send them; a task is one group (one video's clips; ``unit`` names it in messages),
+    ``extract_fn(group)`` yields (clip_id, result or exception) per clip.
+
+    A worker that dies (segfault, OOM kill) breaks the pool: it loses only the clips of its
+    task not yet sent, which are rerun alone in a pool of their own, and if that dies too,
+    one clip at a time, so only the clip that kills a worker is skipped (error =
+    BrokenProcessPool); the other tasks go back to the parallel pool. Workers die with this
+    process, even when it is SIGKILLed, and their stderr loses known noise
+    (``WORKER_STDERR_NOISE``). An interruption (KeyboardInterrupt, ``signals.Interrupted``,
+    closing the generator) terminates the workers before it propagates."""
     if workers == 0:
         for group in groups:
             by_id = {c["clip_id"]: c for c in group}
@@ -789,21 +729,21 @@ def _map_groups(groups: list[list[dict]], extract_fn: Callable, workers: int,
                 while not started.empty():
                     ids.add(started.get())
                 if isolated:
-                    (_, group), = broken
+                    (_, group, err), = broken
                     if len(group) == 1:
-                        yield group[0], None, BrokenProcessPool(
+                        yield group[0], None, err if unit == "clip" else BrokenProcessPool(
                             "the worker died on this clip (crash or out of memory)")
                     else:
                         alone += [[c] for c in reversed(group)]
                     continue
-                suspects = [g for key, g in broken if key in ids]
+                suspects = [g for key, g, _ in broken if key in ids]
                 if not suspects:
                     raise RuntimeError(
-                        "worker processes died before starting any video: is extract_fn "
+                        f"worker processes died before starting any {unit}: is extract_fn "
                         "importable in a fresh process, and does the main script guard its "
                         "entry point with `if __name__ == '__main__':`?")
                 alone += suspects
-                queue += [g for key, g in broken if key not in ids]
+                queue += [g for key, g, _ in broken if key not in ids]
             finally:
                 started.close()
                 results.close()
@@ -811,13 +751,13 @@ def _map_groups(groups: list[list[dict]], extract_fn: Callable, workers: int,
 
 def _run_group_pool(ctx, batch: list[list[dict]], n: int, extract_fn: Callable, started,
                     results, stderr) -> Iterator[tuple[dict, Any, str | None]]:
-    """One pool of ``n`` workers over the videos ``batch``: yields each clip's result as it
-    arrives, returns (announcement key, clips not finished) of the videos lost to a broken
-    pool."""
+    """One pool of ``n`` workers over the tasks ``batch``: yields each clip's result as it
+    arrives, returns (announcement key, clips not finished, the BrokenProcessPool) of the
+    tasks lost to a broken pool."""
     ex = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker,
                              initargs=(started, os.getpid(), stderr, results))
     left = {c["clip_id"]: c for g in batch for c in g}
-    broken: list[tuple[str, list[dict]]] = []  # (the video's announcement key, clips left)
+    broken: list[tuple[str, list[dict], BrokenProcessPool]] = []
 
     def drain():
         while not results.empty():
@@ -836,10 +776,10 @@ def _run_group_pool(ctx, batch: list[list[dict]], n: int, extract_fn: Callable, 
                 try:
                     fut.result()
                     err = "the worker sent no result for this clip"
-                except BrokenProcessPool:
+                except BrokenProcessPool as dead:
                     rest = [c for c in group if c["clip_id"] in left]
                     if rest:
-                        broken.append((group[0]["clip_id"], rest))
+                        broken.append((group[0]["clip_id"], rest, dead))
                     for c in rest:
                         left.pop(c["clip_id"])
                     continue
@@ -851,7 +791,7 @@ def _run_group_pool(ctx, batch: list[list[dict]], n: int, extract_fn: Callable, 
         yield from drain()
     except BaseException:
         # Interrupted: unwritten results are lost anyway, so do not let workers finish their
-        # queued videos (hours each on long ones).
+        # queued tasks (hours each on long videos).
         terminate_pool(ex)
         raise
     ex.shutdown(wait=True)

@@ -288,7 +288,7 @@ def test_keypoints_stage_sigterm_mid_extraction(shared_media, tmp_path, tree_rea
         f"m{i},{makeup},{i},164" for i in range(3)] + [f"n{i},{ntu},{i},103" for i in range(3)]
     (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
     (tmp_path / "params.yaml").write_text(
-        "keypoints:\n  backend: mediapipe\n  workers: 2\n  model_complexity: 1\n")
+        "keypoints:\n  backend: mediapipe\n  model_complexity: 1\nruntime:\n  keypoint_workers: 2\n")
     out = tmp_path / "kp" / "keypoints.h5"
     proc = _start(["stages/keypoints.py", "--params", str(tmp_path / "params.yaml"),
                    "--manifest", str(tmp_path / "manifest.csv"), "--out", str(out)], tmp_path)
@@ -332,7 +332,7 @@ def test_crop_stage_sigterm_ends_its_pool(tmp_path, tree_reaper):
         f"c{i:03d},{video},0,60,320,240" for i in range(400)]
     (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
     h5py.File(tmp_path / "kp.h5", "w").close()  # no keypoints: whole-frame crops
-    (tmp_path / "params.yaml").write_text("rgb:\n  frames: 8\n  size: 48\n  workers: 2\n")
+    (tmp_path / "params.yaml").write_text("rgb:\n  frames: 8\n  size: 48\nruntime:\n  crop_workers: 2\n")
     out = tmp_path / "out" / "rgb.h5"
     proc = _start(["stages/crop.py", "--params", str(tmp_path / "params.yaml"),
                    "--manifest", str(tmp_path / "manifest.csv"),
