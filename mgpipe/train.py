@@ -414,15 +414,16 @@ def train_branch(branch: str, data: BranchData, cfg: dict, out_dir: str | Path,
         improved = m["macro_f1"] > best.get("macro_f1", -1.0)
         if improved:
             best = {**m, "epoch": epoch}
-        history.append(m)
+        kept = {k: v for k, v in m.items() if k != "seconds"}  # identical runs, identical bytes
+        history.append(kept)
         rng = distributed.all_gather_objects(rng_states())
         if rank == 0:
-            kept = {k: v for k, v in m.items() if k != "seconds"}
             if improved:
                 save_torch_atomic({**extra, "epoch": epoch, "model": model.state_dict(),
                                    "metrics": kept}, out_dir / "best.pt")
-            save_checkpoint(out_dir / "last.pt", model, opt, sched, epoch, kept, best, history,
-                            rng, signature, extra)
+            save_checkpoint(out_dir / "last.pt", model, opt, sched, epoch, kept,
+                            {k: v for k, v in best.items() if k != "seconds"}, history, rng,
+                            signature, extra)
             if on_epoch:
                 on_epoch(epoch, m)
             if progress:
