@@ -25,7 +25,7 @@ from mgpipe.metrics import chance_macro_f1
 from mgpipe.params import load_params
 from mgpipe.provenance import code_fingerprint, stage_code
 from mgpipe.signals import run_interruptible
-from mgpipe.train import branch_config, branch_data, train_branch
+from mgpipe.train import bound_heap, branch_config, branch_data, train_branch
 
 
 def main(argv=None) -> int:
@@ -73,6 +73,7 @@ def read_pseudo(path: str | Path, classes: list[str]) -> dict[str, int]:
 
 
 def train(args, params: dict) -> int:
+    bound_heap()  # RSS that does not creep up batch after batch (see its docstring)
     out = Path(args.out or f"models/train/{args.branch}")
     metrics_path = Path(args.metrics or f"metrics/train/{args.branch}.json")
     manifest = read_manifest(Path(args.interim) / "manifest.csv")
