@@ -321,9 +321,10 @@ class ClipDataset(Dataset):
         for k, i in enumerate(indices):
             cid, dest = self.clip_ids[i], x[k].numpy()
             if isinstance(self.arrays, H5Clips):
-                if self.arrays.shape(cid) != shape:
-                    raise ValueError(f"{self.arrays.path}: clip {cid} has shape "
-                                     f"{self.arrays.shape(cid)}, the batch {shape}; rerun its stage")
+                got = self.arrays.shape(cid)
+                if got != shape:
+                    raise ValueError(f"{self.arrays.path}: clip {cid} has shape {got}, the "
+                                     f"batch {shape}; rerun its stage")
                 self.arrays.read_into(cid, dest)
             else:
                 dest[...] = self.arrays[cid]

@@ -52,7 +52,7 @@ def main(argv=None) -> int:
             ap.error(f"runtime.launcher: cannot run {cmd[0]!r} ({e.strerror}); install it or "
                      f"set runtime.launcher to python")
     return run_interruptible(f"train@{args.branch}", lambda: train(args, params),
-                             "its logits.npz is not written; rerun to train the branch again")
+                             "its logits.npz is not written; rerun to resume from its last.pt")
 
 
 def launch_command(launcher: str) -> list[str]:

@@ -124,16 +124,25 @@ def test_cuda_amp_channels_last_training(tmp_path, branch):
     assert all(t.device.type == "cpu" for t in ckpt["model"].values())
 
 
-def test_drop_path_retrain_in_one_process_is_repeatable(tmp_path):
-    """CMPL retrains branches one after another in one process; stochastic depth draws from
-    the global RNG, so the seed must be reset per run for a retrain to repeat the stage."""
+# Swin3D with stochastic depth: its drop paths draw from the global RNG
+TINY_SWIN = dict(hidden_dim=8, depths=[2, 2], num_heads=[1, 2], window_size=[2, 2, 2],
+                 patch_size=[2, 4, 4], stochastic_depth_prob=0.3)
+
+
+def tiny_rgb_data() -> BranchData:
+    """12 random 4 x 16 x 16 RGB clips, 3 classes: 8 train, 4 val (also the test clips)."""
     rng = np.random.default_rng(0)
     arrays = {f"r{i}": rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8) for i in range(12)}
     ids, labels = list(arrays), [i % 3 for i in range(12)]
-    data = BranchData("rgb", arrays, 3, ids[:8], labels[:8], ids[8:], labels[8:], ids[8:])
+    return BranchData("rgb", arrays, 3, ids[:8], labels[:8], ids[8:], labels[8:], ids[8:])
+
+
+def test_drop_path_retrain_in_one_process_is_repeatable(tmp_path):
+    """CMPL retrains branches one after another in one process; stochastic depth draws from
+    the global RNG, so the seed must be reset per run for a retrain to repeat the stage."""
+    data = tiny_rgb_data()
     cfg = dict(epochs=2, batch_size=4, embed_dim=8, warmup_epochs=0, dropout=0.0,
-               model=dict(hidden_dim=8, depths=[2, 2], num_heads=[1, 2], window_size=[2, 2, 2],
-                          patch_size=[2, 4, 4], stochastic_depth_prob=0.3))
+               model=TINY_SWIN)
     train_branch("swin3d", data, cfg, tmp_path / "a", progress=False)
     train_branch("stcnn", toy_data(), {**TINY, "epochs": 1}, tmp_path / "other", progress=False)
     torch.rand(1000)  # whatever else the process drew in between
@@ -159,14 +168,10 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     """A run killed after epoch 2 of 5 and rerun continues from last.pt (model, optimizer,
     scheduler, RNG states) and ends bit-identical to an uninterrupted run; a changed config
     starts afresh instead of resuming."""
-    rng = np.random.default_rng(0)
-    arrays = {f"r{i}": rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8) for i in range(12)}
-    ids, labels = list(arrays), [i % 3 for i in range(12)]
-    data = BranchData("rgb", arrays, 3, ids[:8], labels[:8], ids[8:], labels[8:], ids[8:])
+    data = tiny_rgb_data()
     # dropout and stochastic depth draw from the global RNG: its state must be restored too
     cfg = dict(epochs=5, batch_size=4, embed_dim=8, warmup_epochs=1, dropout=0.3,
-               model=dict(hidden_dim=8, depths=[2, 2], num_heads=[1, 2], window_size=[2, 2, 2],
-                          patch_size=[2, 4, 4], stochastic_depth_prob=0.3))
+               model=TINY_SWIN)
     whole = train_branch("swin3d", data, cfg, tmp_path / "whole", progress=False)
 
     def kill_after_second(epoch, m):
