@@ -40,9 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, text) in available.items():
         sub.add_parser(name, help=text, add_help=False)
+    sub.add_parser("profile", help="merge a params profile (e.g. real-skeleton) into params.yaml",
+                   add_help=False)
     if not argv or argv[0] in ("-h", "--help"):
         ap.print_help()
         return 0
+    if argv[0] == "profile":
+        return profile_command(argv[1:])
     if argv[0] not in available:
         ap.error(f"unknown command {argv[0]!r}; choose from {', '.join(available)}")
     script = _stages_dir() / available[argv[0]][0]
@@ -51,6 +55,34 @@ def main(argv: list[str] | None = None) -> int:
         runpy.run_path(str(script), run_name="__main__")
     except SystemExit as e:
         return int(e.code or 0) if not isinstance(e.code, str) else 1
+    return 0
+
+
+def profile_command(argv: list[str]) -> int:
+    """``mgpipe profile NAME``: merge a params profile into params.yaml."""
+    from mgpipe.params import ParamsError
+    from mgpipe.profiles import apply_profile, list_profiles
+
+    shipped = "\n".join(f"  {k:16s} {v}" for k, v in list_profiles().items())
+    ap = argparse.ArgumentParser(
+        prog="mgpipe profile", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Merge a params profile into params.yaml (comments kept): the profile's "
+                    "keys replace params.yaml's, mappings merge key by key. Then run "
+                    "`dvc repro` or `dvc exp run`; `git diff params.yaml` shows the change.",
+        epilog=f"shipped profiles:\n{shipped}")
+    ap.add_argument("name", help="a shipped profile, or a path to a YAML file of params")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--dry-run", action="store_true", help="print the changes, write nothing")
+    args = ap.parse_args(argv)
+    try:
+        changes = apply_profile(args.params, args.name, args.dry_run)
+    except (FileNotFoundError, ParamsError) as e:
+        print(f"mgpipe profile: error: {e}", file=sys.stderr)
+        return 2
+    for key, old, new in changes:
+        print(f"  {key}: {old!r} -> {new!r}")
+    verb = "would change" if args.dry_run else "changed"
+    print(f"profile {args.name}: {verb} {len(changes)} value(s) in {args.params}")
     return 0
 
 

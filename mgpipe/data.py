@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from mgpipe import layout
+from mgpipe.augment import apply_keypoint_aug, augment_config, draw_keypoint_aug
 from mgpipe.sampling import uniform_indices
 
 try:  # registers HDF5's zstd filter (heatmaps.h5 is zstd-compressed; mgpipe.heatmaps.H5_COMPRESSION)
@@ -162,6 +163,43 @@ def sample_indices(n: int, length: int, rng: np.random.Generator | None) -> np.n
     return np.clip(np.floor(idx).astype(np.int64), 0, n - 1)
 
 
+RENDER_DEFAULTS = dict(mode="joint", sigma=0.8, size=[32, 32], frames=16, margin=0.1)
+
+
+def augmented_joints(kp: np.ndarray, frames: int, rng: np.random.Generator | None,
+                     cfg: dict) -> np.ndarray:
+    """Keypoints [T0, 68, 3] in pixels -> normalised joints [frames, 68, 3] (see
+    ``normalize_joints``), sampled (a random frame per segment when ``rng``), then augmented
+    in keypoint space (``mgpipe.augment``) about the skeleton box's centre, shifts in units
+    of its half side."""
+    aug = draw_keypoint_aug(rng, cfg, kp.shape[1])
+    joints = normalize_joints(kp)[sample_indices(len(kp), frames, rng)]
+    return apply_keypoint_aug(joints, aug, (0.0, 0.0), 1.0) if rng is not None else joints
+
+
+def draw_heatmaps(kp: np.ndarray, cfg: dict, rng: np.random.Generator | None,
+                  augment: dict | None) -> np.ndarray:
+    """Keypoints [T0, 68, 3] in pixels -> a heatmap volume uint8 [K, frames, H, W], drawn
+    here rather than read from heatmaps.h5: frames sampled (a random frame per segment when
+    ``rng``, else the segment centres), mapped into the grid through the clip's skeleton
+    box, augmented in keypoint space when ``rng`` and ``augment``, then rendered. Without
+    ``rng`` it equals the heatmaps stage's volume for the same settings (``cfg``: mode,
+    sigma, size (H, W), frames, margin)."""
+    from mgpipe.heatmaps import _to_grid, render_joints, render_limbs, skeleton_box
+
+    h, w = cfg["size"]
+    idx = sample_indices(len(kp), cfg["frames"], rng)
+    coords = _to_grid(np.asarray(kp, np.float32)[idx],
+                      skeleton_box(kp, w / h, cfg["margin"]), (h, w))
+    if rng is not None and augment is not None:
+        aug = draw_keypoint_aug(rng, augment, kp.shape[1])
+        centre = ((w - 1) / 2, (h - 1) / 2)
+        coords = apply_keypoint_aug(coords, aug, centre, float(max(h, w)))
+    if cfg["mode"] == "joint":
+        return render_joints(coords, (h, w), cfg["sigma"])
+    return render_limbs(coords, (h, w), cfg["sigma"])
+
+
 def _draw_aug(rng, modality: str, flip_ok: bool, min_crop: float) -> np.ndarray:
     """Augmentation parameters of one clip (see ``model_input``); identity when rng is None."""
     aug = np.array([0, 1, 0, 1, 0, 0], np.float32)
@@ -276,12 +314,24 @@ class ClipDataset(Dataset):
     def __init__(self, modality: str, arrays: Mapping[str, np.ndarray], clip_ids: Sequence[str],
                  labels: Sequence[int], train: bool = False, frames: int = 32,
                  motion: bool = True, flip: bool = True, seed: int = 0,
-                 heatmap_mode: str = "joint"):
+                 heatmap_mode: str = "joint", augment: dict | None = None,
+                 render: dict | None = None):
         if modality not in ("joints", "heatmap", "rgb"):
             raise ValueError(f"unknown modality {modality!r}")
+        if render is not None and modality != "heatmap":
+            raise ValueError("render (heatmaps drawn from keypoints) is for the heatmap modality")
         self.modality, self.arrays = modality, arrays
         self.clip_ids, self.labels = list(clip_ids), np.asarray(labels, np.int64)
-        self.train, self.frames, self.motion, self.flip, self.seed = train, frames, motion, flip, seed
+        self.train, self.frames, self.motion, self.seed = train, frames, motion, seed
+        # keypoint-space augmentation (mgpipe.augment) replaces the batch-level one where it
+        # applies: joints, and heatmaps drawn from keypoints
+        self.augment = augment_config(augment)
+        self.render = None if render is None else {**RENDER_DEFAULTS, **render}
+        keypoint_space = self.augment is not None and (modality == "joints" or render is not None)
+        self.flip = flip and not keypoint_space and (self.augment or {}).get("flip", True)
+        self.keypoint_aug = self.augment if keypoint_space else None
+        if self.render is not None:
+            heatmap_mode = self.render["mode"]
         self.epoch = 0
         self.channel_flip = torch.as_tensor(layout.flip_index() if heatmap_mode == "joint"
                                             else layout.flip_bone_index())
@@ -297,6 +347,12 @@ class ClipDataset(Dataset):
         input of a batch of them, on the device the batch is on."""
         a = self.arrays[self.clip_ids[i]]
         rng = np.random.default_rng([self.seed, self.epoch, i]) if self.train else None
+        if self.render is not None:
+            x = torch.from_numpy(draw_heatmaps(a, self.render, rng, self.keypoint_aug))
+            return x, torch.from_numpy(_draw_aug(None, "heatmap", False, 1.0)), int(self.labels[i]), i
+        if self.modality == "joints" and self.keypoint_aug is not None:
+            x = torch.from_numpy(augmented_joints(a, self.frames, rng, self.keypoint_aug))
+            return x, torch.from_numpy(_draw_aug(None, "joints", False, 1.0)), int(self.labels[i]), i
         aug = _draw_aug(rng, self.modality, self.flip, 0.8 if self.modality == "heatmap" else 0.7)
         if self.modality == "joints":
             x = torch.from_numpy(normalize_joints(a)[sample_indices(len(a), self.frames, rng)])
@@ -310,7 +366,7 @@ class ClipDataset(Dataset):
         worker, in shared memory, as ``default_collate`` allocates it), one copy of each clip
         fewer than reading clips and stacking them: at paper size the copies, not the
         decompression, dominate a loader worker's time."""
-        if self.modality == "joints" or not indices:
+        if self.modality == "joints" or self.render is not None or not indices:
             return default_collate([self[i] for i in indices])
         first = self.clip_ids[indices[0]]
         shape = (self.arrays.shape(first) if isinstance(self.arrays, H5Clips)

@@ -12,6 +12,10 @@ a relative root gives relative paths and outputs hash the same wherever the data
 video, end exclusive; -1 = to the end), split (the dataset's own protocol,
 "" when it has none), origin (file and row, for error messages), problem ("" or why the clip
 is unusable, found while reading).
+
+Adapters here: synth, csv (videos and/or per-clip keypoint files, read by
+:mod:`mgpipe.skeletons`), utd_mhad, imigue; the skeleton containers stgcn and pyskl live in
+:mod:`mgpipe.datasets_skeleton`.
 """
 from __future__ import annotations
 
@@ -42,10 +46,14 @@ class RawDataset:
     table: pd.DataFrame
     # clip_id -> keypoints float32 [T, 68, 3] in source pixels; None when the dataset has none.
     keypoints: Callable[[str], np.ndarray] | None = None
-    # Frame size and rate of skeleton-only datasets (no video to probe).
+    # Frame size (width, height px) and rate of clips without video (no video to probe).
     frame_size: tuple[int, int] | None = None
     fps: float | None = None
     extra: dict = field(default_factory=dict)
+    # Per-clip (width, height) of clips without video, taking precedence over frame_size; an
+    # adapter may fill it as late as when the clip's keypoints are read. A clip without video
+    # in neither gets the extent of its keypoints (mgpipe.manifest.keypoint_extent).
+    frame_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def _table(rows: list[dict]) -> pd.DataFrame:
@@ -110,59 +118,140 @@ def load_synth(root: str | Path) -> RawDataset:
 
 # ---- generic CSV ---------------------------------------------------------------------------
 
+CSV_KEYPOINT_DEFAULTS = {
+    "layout": None,          # a mgpipe.layout.LAYOUTS name, or custom (with layout_map)
+    "layout_map": {},        # custom: {our keypoint name: source joint index}
+    "joints": None,          # custom: source joints per frame (needed for 2D tables)
+    "rows": "auto",          # auto | joint | frame (text tables and 2D arrays)
+    "channels": "auto",      # auto | xy | xy_score | xyz | xyz_score
+    "camera": {"width": 640, "height": 480, "focal": 525.0},   # 3D joints: virtual camera
+    "frame_size": None,      # [w, h] of 2D keypoints without video; null = their extent
+    "fps": 30.0,             # clips without video
+    "npz_key": None,         # .npz with several arrays: the keypoints' name
+}
+
+
 def load_csv(path: str | Path, root: str | Path | None = None,
-             columns: dict | None = None, classes: list[str] | None = None) -> RawDataset:
-    """A CSV of clips: video path, subject, label, optional split (and optional clip_id,
-    start_frame, end_frame). Relative video paths resolve against the CSV's folder and must
-    stay inside ``root`` (default: the CSV's folder). ``columns`` renames our column names to
-    the CSV's (e.g. ``{"video": "path", "label": "class"}``). Empty frame cells mean the
-    whole video; a frame cell that is not a whole number >= 0 makes the row's problem."""
+             columns: dict | None = None, classes: list[str] | None = None,
+             keypoints: dict | None = None) -> RawDataset:
+    """A CSV of clips: video path and/or keypoints file, subject, label, optional split (and
+    optional clip_id, start_frame, end_frame). Relative paths resolve against the CSV's
+    folder and must stay inside ``root`` (default: the CSV's folder). ``columns`` renames our
+    column names to the CSV's (e.g. ``{"video": "path", "label": "class"}``). Empty frame
+    cells mean the whole video; a frame cell that is not a whole number >= 0 makes the row's
+    problem.
+
+    With a ``keypoints`` column the dataset brings its keypoints: every row names its
+    per-clip keypoint file (read by :mod:`mgpipe.skeletons` as ``keypoints`` says: layout,
+    rows, channels, camera, npz_key; see CSV_KEYPOINT_DEFAULTS) and the video is optional.
+    For a row without video the file is the clip's source: start_frame/end_frame, when given,
+    pick frames [start, end) of it; with a video the file holds the clip's own frames. Clips
+    without video take ``frame_size`` and ``fps``; 3D keypoints are always in the camera's
+    frame (camera width x height), 2D ones without ``frame_size`` in their extent."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: dataset CSV not found; set dataset.root (the dataset "
                            f"folder) and dataset.csv.file (the CSV under it)")
     cols = {"video": "video", "subject": "subject", "label": "label", "split": "split",
-            "clip_id": "clip_id", "start_frame": "start_frame", "end_frame": "end_frame"}
+            "clip_id": "clip_id", "start_frame": "start_frame", "end_frame": "end_frame",
+            "keypoints": "keypoints"}
     cols.update(columns or {})
     try:
         t = pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as e:  # pandas raises many types for a malformed file
         raise DatasetError(f"{path}: cannot parse as CSV ({e})") from e
-    missing = [cols[c] for c in ("video", "subject", "label") if cols[c] not in t.columns]
+    has_kp = cols["keypoints"] in t.columns
+    required = ("subject", "label") if has_kp else ("video", "subject", "label")
+    missing = [cols[c] for c in required if cols[c] not in t.columns]
     if missing:
         raise DatasetError(f"{path}: missing column(s) {missing}; the CSV has {list(t.columns)}. "
                            f"Add them, or map names with dataset.csv.columns "
-                           f"(e.g. {{video: path}})")
+                           f"(e.g. {{video: path}}); a row needs a video or a keypoints file")
     base = path.parent
     root = Path(root) if root else base
-    rows = [_csv_row(r, cols, base, root, f"{path}:{i + 2}")
-            for i, r in enumerate(t.to_dict("records"))]
+    rows, files = [], {}
+    for i, r in enumerate(t.to_dict("records")):
+        row, kp_file = _csv_row(r, cols, base, root, f"{path}:{i + 2}", has_kp)
+        rows.append(row)
+        files[row["clip_id"]] = (kp_file, row)
     table = _table(rows)
     if not classes:
         classes = sorted(set(table["label"]) - {""})
-    return RawDataset("csv", list(classes), table)
+    if not has_kp:
+        return RawDataset("csv", list(classes), table)
+    return _csv_with_keypoints(list(classes), table, files, keypoints or {})
 
 
-def _csv_row(r: dict, cols: dict, base: Path, root: Path, origin: str) -> dict:
-    """One CSV record -> a table row; what makes it unusable goes to its ``problem``."""
-    rel = r[cols["video"]].strip()
-    video = base / rel
+def _csv_with_keypoints(classes: list[str], table: pd.DataFrame, files: dict,
+                        options: dict) -> RawDataset:
+    """The CSV dataset with its keypoints callable (clip_id -> [T, 68, 3])."""
+    from mgpipe import skeletons
+
+    o = {**CSV_KEYPOINT_DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+    fmt = skeletons.skeleton_format(o, "dataset.csv")
+    sizes: dict[str, tuple[int, int]] = {}
+    cache: dict[Path, tuple[np.ndarray, str]] = {}
+
+    def keypoints(clip_id: str) -> np.ndarray:
+        kp_file, row = files[clip_id]
+        if kp_file not in cache:  # consecutive clips may share one file
+            cache.clear()
+            cache[kp_file] = skeletons.load_clip(kp_file, fmt)
+        kp, channels = cache[kp_file]
+        if channels.startswith("xyz"):
+            sizes[clip_id] = fmt.camera[:2]
+        if row["video"]:
+            return kp
+        return _frame_range(kp, row, kp_file)
+
+    size = tuple(int(v) for v in o["frame_size"]) if o["frame_size"] else None
+    return RawDataset("csv", classes, table, keypoints, frame_size=size,
+                      fps=float(o["fps"]), frame_sizes=sizes)
+
+
+def _frame_range(kp: np.ndarray, row: dict, kp_file: Path) -> np.ndarray:
+    """Frames [start_frame, end_frame) of a keypoints-only clip's file (end -1: to its end)."""
+    start, end = row["start_frame"], row["end_frame"]
+    stop = len(kp) if end < 0 else end
+    if start >= len(kp) or stop > len(kp):
+        raise DatasetError(f"{kp_file}: {len(kp)} frames, but the row ({row['origin']}) asks "
+                           f"for frames {start}..{stop - 1} (from 0); fix start_frame/end_frame "
+                           f"or leave them empty for the whole file")
+    return kp[start:stop]
+
+
+def _csv_row(r: dict, cols: dict, base: Path, root: Path, origin: str,
+             has_kp: bool = False) -> tuple[dict, Path | None]:
+    """One CSV record -> (table row, its keypoints file or None); what makes it unusable
+    goes to the row's ``problem``."""
+    rel = str(r.get(cols["video"], "")).strip()
+    kp_rel = str(r.get(cols["keypoints"], "")).strip() if has_kp else ""
+    video, kp_file = base / rel, (base / kp_rel if kp_rel else None)
     start, bad_start = _frame_cell(r.get(cols["start_frame"], ""), cols["start_frame"])
     end, bad_end = _frame_cell(r.get(cols["end_frame"], ""), cols["end_frame"])
     problem = bad_start or bad_end
     if problem:
         problem += ("; give a frame index from 0, or leave the cell empty for the start/end "
                     "of the video")
-    if not rel:
+    if not rel and not has_kp:
         problem = "empty video path"
-    elif not _inside(video, root):
+    elif has_kp and not kp_rel:
+        problem = (f"empty {cols['keypoints']} cell; this CSV brings keypoints, so every clip "
+                   f"needs its keypoints file: fill the cell, or drop the column to detect "
+                   f"keypoints from the videos (keypoints.backend: mediapipe)")
+    elif rel and not _inside(video, root):
         problem = (f"video path {rel!r} escapes the dataset root {root}; keep videos under "
                    f"the folder dataset.root names")
-    return dict(clip_id=str(r.get(cols["clip_id"], "")).strip() or Path(rel).stem,
-                subject=r[cols["subject"]].strip(), label=r[cols["label"]].strip(),
-                video=_video_path(video) if rel else "",
-                start_frame=0 if start is None else start, end_frame=-1 if end is None else end,
-                split=r.get(cols["split"], "").strip().lower(), origin=origin, problem=problem)
+    elif kp_rel and not _inside(kp_file, root):
+        problem = (f"keypoints path {kp_rel!r} escapes the dataset root {root}; keep keypoint "
+                   f"files under the folder dataset.root names")
+    name = Path(rel).stem if rel else Path(kp_rel).stem
+    row = dict(clip_id=str(r.get(cols["clip_id"], "")).strip() or name,
+               subject=r[cols["subject"]].strip(), label=r[cols["label"]].strip(),
+               video=_video_path(video) if rel else "",
+               start_frame=0 if start is None else start, end_frame=-1 if end is None else end,
+               split=r.get(cols["split"], "").strip().lower(), origin=origin, problem=problem)
+    return row, kp_file
 
 
 # ---- UTD-MHAD (Kinect v1 skeletons, no video) ----------------------------------------------
@@ -554,8 +643,9 @@ def load_dataset(cfg: dict) -> RawDataset:
     if name == "synth":
         return load_synth(root)
     if name == "csv":
+        kp_options = {k: v for k, v in block.items() if k in CSV_KEYPOINT_DEFAULTS}
         return load_csv(Path(root) / block.get("file", "clips.csv"), root, block.get("columns"),
-                        block.get("classes"))
+                        block.get("classes"), kp_options)
     if name == "utd_mhad":
         cam = block.get("camera", {})
         return load_utd_mhad(root, cam.get("width", 640), cam.get("height", 480),
@@ -563,5 +653,10 @@ def load_dataset(cfg: dict) -> RawDataset:
                              block.get("val_subjects", []))
     if name == "imigue":
         return load_imigue(root, **block)
+    if name in ("stgcn", "pyskl"):
+        from mgpipe import datasets_skeleton
+
+        loader = datasets_skeleton.load_stgcn if name == "stgcn" else datasets_skeleton.load_pyskl
+        return loader(root, **block)
     raise DatasetError(f"dataset.name: unknown dataset {name!r}; "
-                       f"use one of synth, csv, utd_mhad, imigue")
+                       f"use one of synth, csv, utd_mhad, imigue, stgcn, pyskl")

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from mgpipe.cmpl import load_logits
-from mgpipe.fusion import aligned, calibrated_probs, fit_temperature, fit_weights, fuse
+from mgpipe.fusion import (aligned, calibrated_probs, fit_temperature, fuse_with_fallback,
+                           fusion_weights)
 from mgpipe.metrics import classification_metrics
 from mgpipe.pseudo import pseudo_label_report
 
@@ -33,16 +34,20 @@ def _metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
 
 def evaluate_round(logits: dict[str, dict], val_ids: list[str], val_labels: np.ndarray,
                    test_ids: list[str], test_labels: np.ndarray, weights="equal",
-                   temperature: bool = True) -> dict:
+                   temperature: bool = True, chance_gate: bool = True) -> dict:
     """Per-branch and fused metrics for one round's logits, over every clip of the manifest.
 
     logits: branch -> {val_ids, val_logits [Nv_b, C], test_ids, test_logits [N_b, C]} holding
     the clips the branch has; a clip a branch skipped is fused over the branches that have it,
     and a clip no branch has counts as wrong. val_labels / test_labels: class index per id of
     val_ids / test_ids (-1 = unknown). weights: "equal", "fit" (maximise validation macro-F1)
-    or {branch: w}. Returns temperatures, weights, val/test metrics per branch and fused, the
-    calibrated val and test probabilities per branch and the fused test ones (NaN rows: no
-    prediction)."""
+    or {branch: w}. chance_gate: branches whose validation macro-F1 is not above chance get
+    weight 0 (``fusion.fusion_weights``); a clip that only such branches predict is fused
+    from them (``fusion.fuse_with_fallback``) rather than left unpredicted.
+    Returns temperatures, the weights used, the gate (``gate``: which branches were gated,
+    each branch's chance test, a note, and how many val/test clips fell back to gated
+    branches), val/test metrics per branch and fused, the calibrated val and test
+    probabilities per branch and the fused test ones (NaN rows: no prediction)."""
     val_z = {b: aligned(z["val_ids"], z["val_logits"], val_ids) for b, z in logits.items()}
     test_z = {b: aligned(z["test_ids"], z["test_logits"], test_ids) for b, z in logits.items()}
 
@@ -53,16 +58,25 @@ def evaluate_round(logits: dict[str, dict], val_ids: list[str], val_labels: np.n
     temps = {b: temp(z) for b, z in val_z.items()}
     val_p = {b: calibrated_probs(z, temps[b]) for b, z in val_z.items()}
     test_p = {b: calibrated_probs(z, temps[b]) for b, z in test_z.items()}
-    if weights == "fit":
-        w = fit_weights(val_p, val_labels)
-    elif weights == "equal" or weights is None:
-        w = {b: 1.0 / len(logits) for b in logits}
-    else:
-        w = {b: float(weights[b]) for b in logits}
-    fused_val, fused_test = fuse(val_p, w), fuse(test_p, w)
+    w, gate = fusion_weights(val_p, val_labels, weights, chance_gate)
+    fallback = dict(weights) if isinstance(weights, dict) else None  # before the gate
+    fused_val, val_fell_back = fuse_with_fallback(val_p, w, fallback)
+    fused_test, test_fell_back = fuse_with_fallback(test_p, w, fallback)
+
+    def rounded(x):
+        return None if x is None else round(float(x), 4)
+
     return {
         "temperature": {b: round(t, 4) for b, t in temps.items()},
         "weight": {b: round(x, 4) for b, x in w.items()},
+        "gate": {
+            "chance_gate": bool(chance_gate),
+            "gated": {b: b in gate["gated"] for b in logits},
+            "chance": {b: {k: v if k in ("clips", "gated") else rounded(v) for k, v in t.items()}
+                       for b, t in gate["chance"].items()},
+            "note": gate["note"],
+            "fallback_clips": {"val": int(val_fell_back.sum()), "test": int(test_fell_back.sum())},
+        },
         "val": {"fused": _metrics(fused_val, val_labels),
                 **{b: _metrics(p, val_labels) for b, p in val_p.items()}},
         "test": {"fused": _metrics(fused_test, test_labels),
@@ -75,7 +89,8 @@ def evaluate_round(logits: dict[str, dict], val_ids: list[str], val_labels: np.n
 
 def evaluate_rounds(rounds: dict, manifest: pd.DataFrame, classes: list[str],
                     test_labels_path: str | Path, cmpl_dir: str | Path, weights="equal",
-                    temperature: bool = True) -> tuple[list[dict], np.ndarray, list[str]]:
+                    temperature: bool = True, chance_gate: bool = True
+                    ) -> tuple[list[dict], np.ndarray, list[str]]:
     """Evaluate every CMPL round listed in models/cmpl/rounds.json over all the manifest's
     val and test clips, and the test clips that prepare skipped (listed in test_labels.csv,
     not in the manifest; no branch has them, so they count as wrong), with the pseudo-label
@@ -95,7 +110,8 @@ def evaluate_rounds(rounds: dict, manifest: pd.DataFrame, classes: list[str],
     results = []
     for r in sorted(rounds["logits"], key=int):
         logits = {b: load_logits(p) for b, p in rounds["logits"][r].items()}
-        res = evaluate_round(logits, val_ids, val_labels, test_ids, truth, weights, temperature)
+        res = evaluate_round(logits, val_ids, val_labels, test_ids, truth, weights, temperature,
+                             chance_gate)
         res["round"] = int(r)
         if int(r) > 0:
             res["pseudo"] = {}

@@ -2,19 +2,21 @@
 
 Per branch b a temperature T_b is fitted on the validation subjects by minimising NLL; the
 fused probability is sum_b w_b softmax(z_b / T_b), with the weights from params or fitted on
-validation (:func:`fit_weights`). Pure numpy/scipy.
+validation (:func:`fit_weights`). With the chance gate (:func:`fusion_weights`), a branch
+whose validation macro-F1 is not above chance (permutation test) gets weight 0 first.
+Pure numpy/scipy.
 """
 from __future__ import annotations
 
 import itertools
 import math
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
-from mgpipe.metrics import classification_metrics
+from mgpipe.metrics import chance_macro_f1, classification_metrics, predicted_classes
 
 
 def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -168,3 +170,123 @@ def fit_weights(val_probs: Mapping[str, np.ndarray], labels: np.ndarray, grid_st
         if best_key is None or key < best_key:
             best_key, best_w = key, w
     return {b: float(x) for b, x in zip(names, best_w)}
+
+
+# ---- the chance gate: branches validation shows at chance get weight 0 ----------------------
+
+CHANCE_ALPHA = 0.05          # gate when the permutation p-value is >= this
+CHANCE_PERMUTATIONS = 2000   # as the train stage's metrics/train/<b>.json
+CHANCE_SEED = 0              # fixed: the same probabilities always give the same gate
+
+
+def chance_test(val_probs: Mapping[str, np.ndarray], labels: np.ndarray,
+                alpha: float = CHANCE_ALPHA, permutations: int = CHANCE_PERMUTATIONS,
+                seed: int = CHANCE_SEED) -> dict[str, dict]:
+    """Is each branch's validation macro-F1 above chance? Per branch, the permutation test of
+    ``mgpipe.metrics.chance_macro_f1`` (the labels shuffled against the branch's predictions,
+    ``permutations`` times with a fixed ``seed``) on the val clips it predicts (no NaN row)
+    whose label is known (>= 0), as the train stage reports it in metrics/train/<b>.json.
+
+    val_probs: branch -> [N, C] (any monotone scores; only the argmax is used); labels [N].
+    Returns branch -> {macro_f1, chance_p95, p_value, clips, gated}: ``gated`` is True when
+    p_value >= ``alpha``, i.e. (up to ties) the branch's macro-F1 is not above the 95th
+    percentile of the shuffles. A branch with no such clip cannot be tested: its numbers are
+    None and it is not gated."""
+    labels = np.asarray(labels, dtype=np.int64)
+    out = {}
+    for b, p in val_probs.items():
+        pred = predicted_classes(p)
+        seen = (pred >= 0) & (labels >= 0)
+        if not seen.any():
+            out[b] = {"macro_f1": None, "chance_p95": None, "p_value": None, "clips": 0,
+                      "gated": False}
+            continue
+        r = chance_macro_f1(pred[seen], labels[seen], permutations, seed)
+        out[b] = {"macro_f1": r["macro_f1"], "chance_p95": r["chance_p95"],
+                  "p_value": r["p_value"], "clips": int(seen.sum()),
+                  "gated": bool(r["p_value"] >= alpha)}
+    return out
+
+
+def gate_weights(weights: Mapping[str, float], gated: Collection[str]) -> dict[str, float]:
+    """``weights`` (branch -> w >= 0, not all 0) with the ``gated`` branches set to 0 and the
+    rest renormalised to sum 1. Raises ValueError when that leaves no weight (every branch
+    with w > 0 is gated); :func:`fusion_weights` then keeps them all."""
+    names = list(weights)
+    w = _normalised_weights(names, weights)
+    kept = np.array([0.0 if b in gated else x for b, x in zip(names, w)])
+    if kept.sum() <= 0:
+        raise ValueError(f"gating {sorted(gated)} leaves no fusion weight: "
+                         f"{dict(zip(names, w.tolist()))}")
+    return {b: float(x) for b, x in zip(names, kept / kept.sum())}
+
+
+def fusion_weights(val_probs: Mapping[str, np.ndarray], labels: np.ndarray,
+                   weights="equal", chance_gate: bool = True, **test_kwargs
+                   ) -> tuple[dict[str, float], dict]:
+    """The fusion weights (branch -> w, summing to 1) for ``weights`` = "equal" (or None),
+    "fit" (:func:`fit_weights` on validation) or a {branch: w} map, after the chance gate.
+
+    With ``chance_gate``, branches whose validation macro-F1 is not above chance
+    (:func:`chance_test`; ``test_kwargs`` go to it) get weight 0 first: "equal" shares the
+    weight among the others, "fit" fits over the others only, a map has the gated branches'
+    weights set to 0 and the rest renormalised. If that would leave no weight (every branch
+    gated, or a map whose ungated branches all have weight 0), nothing is gated and
+    ``note`` says so.
+
+    val_probs: branch -> calibrated val probabilities [N, C] (NaN rows: no prediction);
+    labels [N]. Returns (weights, info) with info = {"gated": [branches, in val_probs
+    order], "chance": chance_test's result ({} without the gate), "note": str or ""}."""
+    names = list(val_probs)
+    if not names:
+        raise ValueError("fusion_weights needs at least one branch")
+    if not (weights in ("equal", "fit") or weights is None or isinstance(weights, Mapping)):
+        raise ValueError(f"fusion weights must be equal, fit or a {{branch: w}} map, "
+                         f"not {weights!r}")
+    tests = chance_test(val_probs, labels, **test_kwargs) if chance_gate else {}
+    gated = [b for b in names if tests.get(b, {}).get("gated")]
+    note = ""
+    if gated and len(gated) == len(names):
+        note = (f"every branch ({', '.join(names)}) is at chance on validation; "
+                f"none is gated")
+        gated = []
+    explicit = None
+    if isinstance(weights, Mapping):
+        explicit = {b: float(weights[b]) if b in weights else None for b in names}
+        missing = [b for b, x in explicit.items() if x is None]
+        if missing:
+            raise ValueError(f"fusion weights missing for branches {missing} "
+                             f"(have {sorted(weights)})")
+        try:
+            w = gate_weights(explicit, gated)
+        except ValueError:
+            note = (f"the branches not gated ({', '.join(b for b in names if b not in gated)}) "
+                    f"all have weight 0 in the given weights; none is gated")
+            gated = []
+            w = gate_weights(explicit, gated)
+    kept = [b for b in names if b not in gated]
+    if weights == "fit":
+        fitted = fit_weights({b: val_probs[b] for b in kept}, labels)
+        w = {b: fitted.get(b, 0.0) for b in names}
+    elif explicit is None:
+        w = {b: 1.0 / len(kept) if b in kept else 0.0 for b in names}
+    return w, {"gated": gated, "chance": tests, "note": note}
+
+
+def fuse_with_fallback(probs: Mapping[str, np.ndarray], weights: Mapping[str, float],
+                       fallback: Mapping[str, float] | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`fuse` with ``weights``; a clip that only branches of weight 0 predict (e.g.
+    gated branches, when the others skipped the clip) would be a NaN row, so it is fused
+    with ``fallback`` (None = equal weights) instead, over the branches that have it.
+
+    Returns (fused [N, C], fell_back [N] bool: the rows taken from the fallback). Rows no
+    branch predicts stay NaN."""
+    fused = fuse(probs, weights)
+    empty = np.isnan(fused).any(1)
+    fell_back = np.zeros(len(fused), dtype=bool)
+    if empty.any():
+        alt = fuse(probs, fallback)
+        fell_back = empty & ~np.isnan(alt).any(1)
+        fused[fell_back] = alt[fell_back]
+    return fused, fell_back

@@ -11,7 +11,9 @@ Left/right always mean the subject's own side, as in MediaPipe: in an unmirrored
 person facing the camera, the left shoulder has the larger x.
 
 Mapping tables from other skeletons are dicts ``{our_index: source_index}``; ``map_keypoints``
-applies one and fills the derived neck.
+applies one and fills the derived neck. ``LAYOUTS`` names every known source skeleton
+(kinect_v1, kinect_v2, coco17, openpose18, openpose_body25, openpose137, mediapipe_pose33) with
+its joint count; ``table_from_names`` builds a table from a user's ``{our name: source index}``.
 """
 from __future__ import annotations
 
@@ -119,8 +121,68 @@ FROM_OPENPOSE137: dict[int, int] = {
 FROM_KINECT20: dict[int, int] = {0: 0, NECK: 1, 11: 4, 13: 5, 15: 6, LEFT_HAND + 9: 7,
                                  12: 8, 14: 9, 16: 10, RIGHT_HAND + 9: 11, 23: 12, 24: 16}
 
+# Kinect v2, 25 joints in NTU RGB+D order (0-based): 0 spine base, 1 spine mid, 2 neck, 3 head,
+# 4-7 left shoulder/elbow/wrist/hand, 8-11 right ..., 12-15 left hip/knee/ankle/foot, 16-19
+# right ..., 20 spine shoulder, 21 left hand tip, 22 left thumb, 23 right hand tip, 24 right
+# thumb. As for Kinect v1: the head stands in for the nose, the hand centre for the middle
+# knuckle; the hand tip is the middle fingertip, the thumb joint the thumb tip. Our neck (the
+# shoulders' midpoint) is the spine-shoulder joint, which sits there; Kinect's own "neck" (2)
+# lies higher, between the shoulders and the head, and is left out.
+FROM_KINECT25: dict[int, int] = {
+    0: 3, NECK: 20,
+    11: 4, 13: 5, 15: 6, LEFT_HAND + 9: 7, LEFT_HAND + 12: 21, LEFT_HAND + 4: 22,
+    12: 8, 14: 9, 16: 10, RIGHT_HAND + 9: 11, RIGHT_HAND + 12: 23, RIGHT_HAND + 4: 24,
+    23: 12, 24: 16,
+}
+
+# OpenPose BODY_25 (0 nose, 1 neck, 2-4 right shoulder/elbow/wrist, 5-7 left ..., 8 mid hip,
+# 9-11 right hip/knee/ankle, 12-14 left ..., 15 right eye, 16 left eye, 17 right ear, 18 left
+# ear, 19-24 feet): the first 25 points of FROM_OPENPOSE137, which starts with BODY_25.
+FROM_OPENPOSE_BODY25: dict[int, int] = {o: s for o, s in FROM_OPENPOSE137.items() if s < 25}
+
+# OpenPose COCO-18, as ST-GCN's Kinetics skeletons ship it: 0 nose, 1 neck, 2-4 right
+# shoulder/elbow/wrist, 5-7 left ..., 8-10 right hip/knee/ankle, 11-13 left ..., 14 right eye,
+# 15 left eye, 16 right ear, 17 left ear.
+FROM_OPENPOSE18: dict[int, int] = {0: 0, NECK: 1, 12: 2, 14: 3, 16: 4, 11: 5, 13: 6, 15: 7,
+                                   24: 8, 23: 11, 5: 14, 2: 15, 8: 16, 7: 17}
+
 # MediaPipe Pose has 33 landmarks; ours are its first 25.
 FROM_MEDIAPIPE_POSE33: dict[int, int] = {i: i for i in range(25)}
+
+# Every named source skeleton: name -> (number of source joints, table). Left/right are the
+# subject's own in all of them (as in ours).
+LAYOUTS: dict[str, tuple[int, dict[int, int]]] = {
+    "kinect_v1": (20, FROM_KINECT20),
+    "kinect_v2": (25, FROM_KINECT25),
+    "coco17": (17, FROM_COCO17),
+    "openpose18": (18, FROM_OPENPOSE18),
+    "openpose_body25": (25, FROM_OPENPOSE_BODY25),
+    "openpose137": (137, FROM_OPENPOSE137),
+    "mediapipe_pose33": (33, FROM_MEDIAPIPE_POSE33),
+}
+# Layouts whose joints come as camera-space 3D (x, y, z) metres from a depth sensor.
+KINECT_LAYOUTS = ("kinect_v1", "kinect_v2")
+
+
+def table_from_names(mapping: dict[str, int], joints: int | None = None) -> dict[int, int]:
+    """A mapping table from a user's ``{our keypoint name: source joint index}`` (names from
+    ``NAMES``, e.g. ``{"left_wrist": 7, "neck": 1}``; indices from 0). ``joints``, when given,
+    is the source's joint count and bounds the indices. Raises ValueError naming every unknown
+    name (with the valid ones) or bad index."""
+    if not mapping:
+        raise ValueError(f"the mapping is empty; give {{our name: source index}} with names "
+                         f"from: {', '.join(NAMES)}")
+    unknown = [n for n in mapping if n not in INDEX]
+    if unknown:
+        raise ValueError(f"unknown keypoint name(s) {unknown}; valid names: {', '.join(NAMES)}")
+    bad = {n: i for n, i in mapping.items()
+           if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0
+           or (joints is not None and i >= joints)}
+    if bad:
+        bound = f"0..{joints - 1}" if joints is not None else ">= 0"
+        raise ValueError(f"source index(es) {bad} out of range: indices count from 0 and must be "
+                         f"{bound}")
+    return {INDEX[n]: int(i) for n, i in mapping.items()}
 
 
 def map_keypoints(src: np.ndarray, table: dict[int, int]) -> np.ndarray:

@@ -2,8 +2,10 @@
 
 Manifest (``data/interim/manifest.csv``), one row per clip: clip_id, subject, split
 (train/val/test), label (empty for test), video, start_frame, end_frame (end exclusive),
-frames, fps, width, height. Test labels go only to ``test_labels.csv``, read by the
-evaluation code alone; it also lists test clips skipped here, which are scored as wrong.
+frames, fps, width, height (of the video; for a clip without video from the dataset's
+keypoints and frame size, see ``_check_clip``). Test labels go only to ``test_labels.csv``,
+read by the evaluation code alone; it also lists test clips skipped here, which are scored
+as wrong.
 """
 from __future__ import annotations
 
@@ -109,6 +111,8 @@ def _protocol(table: pd.DataFrame) -> dict[str, str]:
 # Where each adapter's class list is set, for the fix of a label outside it.
 _CLASSES_FIX = {"csv": "add it to dataset.csv.classes",
                 "imigue": "add it to dataset.imigue.classes",
+                "stgcn": "add it to dataset.stgcn.classes",
+                "pyskl": "add it to dataset.pyskl.classes",
                 "synth": "regenerate the dataset (dvc repro synth)"}
 
 
@@ -183,7 +187,8 @@ class _Probes:
 def _check_clip(r, ds: RawDataset, classes: set[str], probe: _Probes,
                 on_keypoints: Callable[[str, np.ndarray], None] | None) -> dict:
     """One row -> dict(problem, frames, fps, width, height); hands good clips' keypoints to
-    ``on_keypoints``."""
+    ``on_keypoints``. A clip without video takes the dataset's frame rate and its frame size
+    from ``ds.frame_sizes``, ``ds.frame_size`` or the extent of its keypoints, in that order."""
     info = dict(problem=_row_problem(r, classes, ds.name), frames=-1, fps=0.0, width=0, height=0)
     if info["problem"]:
         return info
@@ -194,29 +199,53 @@ def _check_clip(r, ds: RawDataset, classes: set[str], probe: _Probes,
             return {**info, "problem": str(e)}
         info["problem"], info["frames"] = _video_problem(r, v)
         info.update(fps=v.fps, width=v.width, height=v.height)
-    elif ds.keypoints is None or ds.frame_size is None:
+    elif ds.keypoints is None:
         info["problem"] = "no video path and the dataset brings no keypoints"
     else:
-        info.update(width=ds.frame_size[0], height=ds.frame_size[1], fps=ds.fps or 30.0,
+        info.update(fps=ds.fps or 30.0,
                     frames=(r.end_frame - r.start_frame) if r.end_frame >= 0 else -1)
     if not info["problem"] and ds.keypoints is not None:
-        info.update(_check_keypoints(r.clip_id, ds.keypoints, info["frames"], on_keypoints))
+        size_of = None if r.video else (lambda kp: _frame_size(ds, r.clip_id, kp))
+        info.update(_check_keypoints(r.clip_id, ds.keypoints, info["frames"], on_keypoints,
+                                     size_of))
     return info
 
 
+def keypoint_extent(kp: np.ndarray) -> tuple[int, int]:
+    """(width, height) px of the smallest frame from (0, 0) holding every seen keypoint of
+    [T, 68, 3] (score > 0): floor(largest x) + 1 by floor(largest y) + 1, at least 1 x 1."""
+    kp = np.asarray(kp, np.float32)
+    seen = (kp[..., 2] > 0) & np.isfinite(kp[..., :2]).all(-1)
+    if not seen.any():
+        return 1, 1
+    x, y = kp[..., 0][seen], kp[..., 1][seen]
+    return max(1, int(np.floor(x.max())) + 1), max(1, int(np.floor(y.max())) + 1)
+
+
+def _frame_size(ds: RawDataset, clip_id: str, kp: np.ndarray) -> tuple[int, int]:
+    """A clip without video: (width, height) from the adapter, else the keypoints' extent."""
+    size = ds.frame_sizes.get(clip_id) or ds.frame_size or keypoint_extent(kp)
+    return int(size[0]), int(size[1])
+
+
 def _check_keypoints(clip_id: str, keypoints: Callable[[str], np.ndarray], frames: int,
-                     on_keypoints: Callable[[str, np.ndarray], None] | None) -> dict:
+                     on_keypoints: Callable[[str, np.ndarray], None] | None,
+                     size_of: Callable[[np.ndarray], tuple[int, int]] | None = None) -> dict:
     """Read a clip's provided keypoints [T, 68, 3]; their length must match ``frames`` (-1 =
-    unknown: taken from them) within one frame. -> updates for the clip's info dict."""
+    unknown: taken from them) within one frame. ``size_of`` (clips without video) gives the
+    frame (width, height) from them. -> updates for the clip's info dict."""
     try:
         kp = keypoints(clip_id)
         if frames < 0:
             frames = len(kp)
         elif abs(len(kp) - frames) > 1:
             return dict(problem=f"{len(kp)} frames of keypoints for {frames} video frames")
+        update = dict(frames=frames)
+        if size_of is not None:
+            update["width"], update["height"] = size_of(kp)
         if on_keypoints is not None:
             on_keypoints(clip_id, kp)
-        return dict(frames=frames)
+        return update
     except Exception as e:  # a corrupt keypoint file must not kill a run of thousands
         return dict(problem=f"cannot read the dataset's keypoints: {e}")
 
@@ -244,7 +273,8 @@ def build_manifest(ds: RawDataset, split_cfg: dict, on_bad_clip: str = "error",
     """Check the dataset, probe its videos (each distinct video once) and split it by subject.
 
     Per-clip problems (bad clip id, empty subject, missing/unreadable/empty/truncated video,
-    label not in the class list, path outside the root, bad frame range) raise a
+    label not in the class list, path outside the root, bad frame range, provided keypoints
+    that cannot be read or do not match the video's length) raise a
     DatasetError naming the clip's file and row, or with ``on_bad_clip="skip"`` are recorded
     in ``skipped``. Dataset-level problems (duplicate clip ids, a subject in two splits, an
     empty split) always raise. Classes without a training clip become ``warnings``.

@@ -357,7 +357,7 @@ def build_model(branch: str, num_classes: int, in_channels: int | None = None,
     else:
         raise ValueError(f"unknown branch {branch!r}; expected one of {BRANCHES}")
     if weights_path:
-        load_weights(model, weights_path)
+        load_weights(model, weights_path, param=f"branches.{branch}")
     return model
 
 
@@ -366,32 +366,93 @@ def _check_rgb(branch: str, in_channels: int | None) -> None:
         raise ValueError(f"{branch} takes RGB input (3 channels), got in_channels={in_channels}")
 
 
-def load_weights(model: nn.Module, path: str | Path) -> list[str]:
+# Share of a model's backbone tensors a backbone state dict must fill (see load_weights).
+MIN_BACKBONE_LOADED = 0.9
+
+
+def backbone_tensors(model: nn.Module) -> list[str]:
+    """Names in ``model.state_dict()`` that belong to the feature extractor, i.e. everything
+    but our classifier/embedding ``head``."""
+    return [n for n in model.state_dict() if not n.startswith("head.")]
+
+
+def load_weights(model: nn.Module, path: str | Path, param: str | None = None) -> list[str]:
     """Load a local state dict into ``model``; returns the names of the model's tensors left
     as initialised.
 
     Accepts our own checkpoints (optionally wrapped as {"model": ...} or {"state_dict": ...},
     with DDP's "module." prefix) and bare torchvision backbone state dicts (keys without
-    "backbone."). Tensors whose shape differs, e.g. a classifier for another number of
-    classes, are skipped (strict=False for the heads). Raises if nothing matches at all.
+    "backbone."), such as torchvision's released Kinetics-400 files for ``r2plus1d_18``
+    (r2plus1d_18-91a641e6.pth) and ``swin3d_t`` (swin3d_t-7615ae03.pth): they load into the
+    paper-size models (``branches.<b>.model: {}``), whose module names are torchvision's.
+    Tensors whose name is not in the model or whose shape differs are skipped: torchvision's
+    400-class classifier (``fc`` of R(2+1)D, ``head`` of Swin3D) never loads, so our heads
+    stay as initialised, and our own checkpoint's classifier for another number of classes
+    is skipped likewise.
+
+    Errors (``param``, e.g. "branches.r2plus1d", names the params block in messages):
+    FileNotFoundError for a missing file; ValueError when nothing matches, and when the file
+    holds backbone tensors (at least one of its names is a backbone tensor of the model) but
+    fills fewer than ``MIN_BACKBONE_LOADED`` (90%) of the model's backbone tensors: weights
+    for another architecture, e.g. r2plus1d_18's with the demo-size ``model`` block, where
+    only a few tensors (BatchNorm counters) happen to fit. Loading those few silently would
+    train a mostly random backbone that claims to be pretrained.
+
+    Input normalisation: the RGB clips are normalised with Kinetics mean/std
+    (``mgpipe.data.RGB_MEAN`` / ``RGB_STD``), exactly torchvision's R(2+1)D transforms.
+    torchvision's Swin3D weights were trained with ImageNet mean/std ((0.485, 0.456, 0.406) /
+    (0.229, 0.224, 0.225)). The difference is small: the means differ by 0.03-0.06 and the
+    stds by under 0.01 (pixels in [0, 1]), so Swin3D sees its input shifted by 0.13-0.28 of a
+    standard deviation per channel, an offset that fine-tuning absorbs; the pipeline keeps one
+    normalisation for both RGB branches.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    where = f" ({param}.weights)" if param else ""
+    path = Path(path)
+    if not path.is_file():
+        fix = f"; set {param}.weights to a local state dict, or null to train from scratch" \
+            if param else ""
+        raise FileNotFoundError(f"{path}: weights file not found{where}{fix}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, truncated, or pickled objects beyond tensors
+        raise ValueError(f"{path}{where}: cannot be read as a state dict "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}{where}: not a state dict (a {type(state).__name__})")
     own = model.state_dict()
-    usable, skipped = {}, []
+    backbone = set(backbone_tensors(model))
+    usable, skipped, named = {}, [], {}  # named: backbone name -> the file's shape
     for name, tensor in state.items():
-        name = name.removeprefix("module.")
+        name = str(name).removeprefix("module.")
         if name not in own and f"backbone.{name}" in own:
             name = f"backbone.{name}"
-        if name in own and own[name].shape == tensor.shape:
+        shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else None
+        if name in backbone:
+            named[name] = shape
+        if name in own and shape == tuple(own[name].shape):
             usable[name] = tensor
         else:
             skipped.append(name)
+    loaded = sum(n in backbone for n in usable)
+    if named and loaded < MIN_BACKBONE_LOADED * len(backbone):
+        other = [n for n in named if n not in usable]
+        examples = "; ".join(f"{n}: {named[n]} in the file, {tuple(own[n].shape)} in the model"
+                             for n in other[:2])
+        fix = (f"set {param}.model: {{}} for the paper-size architecture those weights belong "
+               f"to" if param else "build the architecture those weights belong to")
+        raise ValueError(
+            f"{path}{where} does not fit the configured model: only {loaded} of the model's "
+            f"{len(backbone)} backbone tensors matched in name and shape ({len(other)} have "
+            f"another shape{', e.g. ' + examples if other else ''}; "
+            f"{len(backbone) - len(named)} are not in the file); {fix} (torchvision's "
+            f"r2plus1d_18 / swin3d_t Kinetics-400 files need the paper-size model), or remove "
+            f"the weights entry")
     if not usable:
-        raise ValueError(f"no tensor in {path} matches the model ({len(state)} tensors, e.g. "
-                         f"{list(state)[:3]})")
+        raise ValueError(f"no tensor in {path}{where} matches the model ({len(state)} tensors, "
+                         f"e.g. {list(state)[:3]})")
     model.load_state_dict(usable, strict=False)
     missing = [n for n in own if n not in usable]
     log.info("loaded %d tensors from %s; %d skipped %s; %d left as initialised %s",

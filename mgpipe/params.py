@@ -29,7 +29,11 @@ MODEL_KEYS = {
     "swin3d": ("hidden_dim", "depths", "num_heads", "window_size", "patch_size",
                "stochastic_depth_prob"),
 }
-CSV_COLUMNS = ("video", "subject", "label", "split", "clip_id", "start_frame", "end_frame")
+CSV_COLUMNS = ("video", "subject", "label", "split", "clip_id", "start_frame", "end_frame",
+               "keypoints")
+# Source skeletons of a dataset's own keypoints (mgpipe.layout.LAYOUTS; a test keeps them equal).
+LAYOUT_NAMES = ("kinect_v1", "kinect_v2", "coco17", "openpose18", "openpose_body25",
+                "openpose137", "mediapipe_pose33")
 
 
 class ParamsError(ValueError):
@@ -56,16 +60,101 @@ class SynthParams(_Block):
     idle_frames: int = Field(20, ge=0)
 
 
-class CsvParams(_Block):
-    file: str = "clips.csv"
-    columns: dict[Literal[CSV_COLUMNS], str] = {}  # type: ignore[valid-type]
-    classes: Optional[list[str]] = None
-
-
 class CameraParams(_Block):
     width: int = Field(640, ge=1)
     height: int = Field(480, ge=1)
     focal: float = Field(525.0, gt=0)
+
+
+def _check_frame_size(v):
+    if v is not None and min(v) < 1:
+        raise ValueError("width and height must be >= 1")
+    return v
+
+
+def _check_regex(v: str) -> str:
+    try:
+        re.compile(v)
+    except re.error as e:
+        raise ValueError(f"not a valid regular expression ({e})") from None
+    return v
+
+
+_Layout = Literal[LAYOUT_NAMES + ("custom",)]  # type: ignore[valid-type]
+_Channels = Literal["auto", "xy", "xy_score", "xyz", "xyz_score"]
+
+
+class CsvParams(_Block):
+    file: str = "clips.csv"
+    columns: dict[Literal[CSV_COLUMNS], str] = {}  # type: ignore[valid-type]
+    classes: Optional[list[str]] = None
+    # the keypoints column's files (mgpipe/skeletons.py)
+    layout: Optional[_Layout] = None
+    layout_map: dict[str, int] = {}    # custom: {our keypoint name: source joint index}
+    joints: Optional[int] = Field(None, ge=1)
+    rows: Literal["auto", "joint", "frame"] = "auto"
+    channels: _Channels = "auto"
+    camera: CameraParams = CameraParams()
+    frame_size: Optional[tuple[int, int]] = None
+    fps: float = Field(30, gt=0)
+    npz_key: Optional[str] = None
+
+    @field_validator("frame_size")
+    @classmethod
+    def _frame_size(cls, v):
+        return _check_frame_size(v)
+
+
+class StgcnSplits(_Block):
+    train: Optional[str] = "train"
+    val: Optional[str] = "val"
+    test: Optional[str] = "test"
+
+
+class StgcnParams(_Block):
+    data: str = "{split}_data.npy"
+    labels: str = "{split}_label.pkl"
+    splits: StgcnSplits = StgcnSplits()
+    layout: _Layout = "kinect_v2"
+    layout_map: dict[str, int] = {}
+    channels: _Channels = "auto"
+    camera: CameraParams = CameraParams()
+    frame_size: Optional[tuple[int, int]] = None
+    fps: float = Field(30, gt=0)
+    subject_regex: str = "^(.*)$"
+    classes: Optional[list[str]] = None
+
+    @field_validator("frame_size")
+    @classmethod
+    def _frame_size(cls, v):
+        return _check_frame_size(v)
+
+    @field_validator("subject_regex")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        return _check_regex(v)
+
+
+class PysklSplits(_Block):
+    train: Optional[str] = "xsub_train"
+    val: Optional[str] = None
+    test: Optional[str] = "xsub_val"
+
+
+class PysklParams(_Block):
+    file: str = "ntu60_hrnet.pkl"
+    splits: PysklSplits = PysklSplits()
+    layout: _Layout = "coco17"
+    layout_map: dict[str, int] = {}
+    camera: CameraParams = CameraParams()
+    fps: float = Field(30, gt=0)
+    subject_regex: str = "^(.*)$"
+    classes: Optional[list[str]] = None
+
+    @field_validator("subject_regex")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        return _check_regex(v)
 
 
 class UtdMhadParams(_Block):
@@ -118,11 +207,13 @@ class ImigueParams(_Block):
 
 
 class DatasetParams(_Block):
-    name: Literal["synth", "csv", "utd_mhad", "imigue"] = "synth"
+    name: Literal["synth", "csv", "utd_mhad", "imigue", "stgcn", "pyskl"] = "synth"
     root: str = "data/raw/synth"
     csv: CsvParams = CsvParams()
     utd_mhad: UtdMhadParams = UtdMhadParams()
     imigue: ImigueParams = ImigueParams()
+    stgcn: StgcnParams = StgcnParams()
+    pyskl: PysklParams = PysklParams()
 
 
 class SplitLists(_Block):
@@ -209,6 +300,33 @@ class LossParams(_Block):
     embed_dim: int = Field(64, ge=1)
 
 
+class AugmentParams(_Block):
+    """Keypoint-space augmentation (mgpipe/augment.py): joints, and heatmaps drawn from
+    keypoints (render); for stored heatmaps and RGB only ``flip`` applies."""
+    flip: bool = True
+    scale: tuple[float, float] = (0.9, 1.1)
+    rotate: float = Field(0.0, ge=0, le=180)       # degrees
+    shear: float = Field(0.0, ge=0, le=1)
+    translate: float = Field(0.05, ge=0, le=1)     # of the skeleton box's half side / the grid
+    joint_dropout: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v):
+        if not 0 < v[0] <= v[1]:
+            raise ValueError("give [lo, hi] with 0 < lo <= hi, e.g. [0.9, 1.1]")
+        return v
+
+
+class RenderParams(_Block):
+    """Heatmaps drawn from keypoints per batch (posec3d), instead of read from heatmaps.h5."""
+    mode: Literal["joint", "limb"] = "joint"
+    sigma: float = Field(0.8, gt=0)
+    frames: int = Field(16, ge=1)
+    size: tuple[int, int] = (32, 32)
+    margin: float = Field(0.1, ge=0)
+
+
 class BranchParams(_Block):
     input: str
     epochs: int = Field(10, ge=1)
@@ -223,6 +341,11 @@ class BranchParams(_Block):
     motion: bool = True              # stcnn: add frame-difference channels
     weights: Optional[str] = None
     model: Optional[dict[str, Any]] = None
+    # null: the default augmentation (flip, small scale/shift or crops, time jitter)
+    augment: Optional[AugmentParams] = None
+    # posec3d: draw heatmaps from keypoints each batch (input: data/interim/keypoints.h5)
+    render: Optional[RenderParams] = None
+    test_flip: bool = False          # average each clip's logits with its mirror image's
 
 
 class CmplParams(_Block):
@@ -239,6 +362,8 @@ class FuseParams(_Block):
     # equal | fit (maximise validation macro-F1) | {branch: weight}
     weights: Union[Literal["equal", "fit"], dict[str, float]] = "equal"
     temperature: bool = True
+    # weight 0 for a branch whose val macro-F1 is not above chance (permutation p >= 0.05)
+    chance_gate: bool = True
 
 
 class Params(_Block):

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mgpipe import distributed
+from mgpipe import distributed, layout
 
 from mgpipe.data import ClipBatches, ClipDataset
 from mgpipe.io import atomic_path, save_torch_atomic
@@ -40,7 +40,8 @@ DEFAULTS = dict(epochs=10, batch_size=16, lr=1e-3, weight_decay=1e-4, optimizer=
                 momentum=0.9, warmup_epochs=1, seed=0, workers=0, amp=True, compile=False,
                 channels_last=False, deterministic=True, sync_bn=True, class_weight="sqrt", ose_weight=0.1,
                 embed_dim=64, dropout=0.5, frames=32, motion=True,
-                model={}, weights=None, eval_batch_size=32, device="auto")
+                model={}, weights=None, eval_batch_size=32, device="auto",
+                augment=None, render=None, test_flip=False)
 
 
 @dataclass
@@ -178,26 +179,39 @@ def prefetch_to_device(batches, device: torch.device, host: tuple[int, ...] = ()
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, dataset: ClipDataset, device: torch.device,
-            batch_size: int = 32, amp: bool = False, channels_last: bool = False) -> np.ndarray:
-    """Logits [N, C] (float32) for every clip of ``dataset``, in its order."""
+            batch_size: int = 32, amp: bool = False, channels_last: bool = False,
+            test_flip: bool = False) -> np.ndarray:
+    """Logits [N, C] (float32) for every clip of ``dataset``, in its order; with
+    ``test_flip`` the mean of the logits of each clip and its mirror image (left and right
+    swapped), test-time augmentation."""
     model.eval()
     out = []
     batches = [list(range(i, min(i + batch_size, len(dataset))))
                for i in range(0, len(dataset), batch_size)]
     loader = DataLoader(ClipBatches(dataset), batch_size=None, sampler=batches)
     for x, aug, _, _ in prefetch_to_device(loader, device, host=(1,)):  # aug stays on the CPU
-        x = dataset.to_input(x, aug)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits, _ = model(x)
-        out.append(logits.float().cpu())
+        views = [aug]
+        if test_flip:
+            flipped = aug.clone()
+            flipped[:, 0] = 1 - flipped[:, 0]
+            views.append(flipped)
+        logits = 0
+        for view in views:
+            inp = dataset.to_input(x, view)
+            if channels_last:
+                inp = inp.contiguous(memory_format=torch.channels_last_3d)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = logits + model(inp)[0].float()
+        out.append((logits / len(views)).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
 def _input_channels(data: BranchData, cfg: dict) -> int | None:
     if data.modality == "joints":
         return 5 if cfg["motion"] else 3
+    if data.modality == "heatmap" and cfg.get("render") is not None:  # drawn per batch
+        mode = cfg["render"].get("mode", "joint")
+        return layout.NUM_KEYPOINTS if mode == "joint" else len(layout.BONES)
     if data.modality == "heatmap":  # K, from one clip's stored shape (metadata, when a file)
         first = next(iter(data.arrays))
         shape_of = getattr(data.arrays, "shape", None)
@@ -245,9 +259,9 @@ def train_one_epoch(net: torch.nn.Module, loader: DataLoader, dataset: ClipDatas
 
 def evaluate(model: torch.nn.Module, dataset: ClipDataset, labels: Sequence[int],
              device: torch.device, batch_size: int = 32, amp: bool = False,
-             channels_last: bool = False) -> tuple[dict, np.ndarray]:
+             channels_last: bool = False, test_flip: bool = False) -> tuple[dict, np.ndarray]:
     """Validation metrics (``classification_metrics``) and the logits [N, C] they come from."""
-    logits = predict(model, dataset, device, batch_size, amp, channels_last)
+    logits = predict(model, dataset, device, batch_size, amp, channels_last, test_flip)
     return classification_metrics(logits, np.asarray(labels)), logits
 
 
@@ -355,10 +369,10 @@ def train_branch(branch: str, data: BranchData, cfg: dict, out_dir: str | Path,
     amp = bool(cfg["amp"]) and device.type == "cuda"
     channels_last = bool(cfg["channels_last"]) and device.type == "cuda" and data.modality != "joints"
     evaluate_on = dict(device=device, batch_size=cfg["eval_batch_size"], amp=amp,
-                       channels_last=channels_last)
+                       channels_last=channels_last, test_flip=bool(cfg["test_flip"]))
 
     common = dict(frames=cfg["frames"], motion=cfg["motion"], seed=cfg["seed"],
-                  heatmap_mode=data.heatmap_mode)
+                  heatmap_mode=data.heatmap_mode, augment=cfg["augment"], render=cfg["render"])
     train_set = ClipDataset(data.modality, data.arrays, data.train_ids, data.train_labels,
                             train=True, **common)
     val_set = ClipDataset(data.modality, data.arrays, data.val_ids, data.val_labels, **common)
@@ -478,9 +492,11 @@ def branch_config(params: dict, branch: str) -> dict:
 
 
 def branch_data(branch: str, manifest, classes: Sequence[str], input_path: str | Path,
-                pseudo: dict[str, int] | None = None) -> BranchData:
+                pseudo: dict[str, int] | None = None, render: bool = False) -> BranchData:
     """The clips a branch trains on, from the manifest and its input HDF5 file; ``pseudo``
     maps test clip ids to pseudo-label indices (CMPL) that join the training set.
+    ``render``: the heatmap branch draws its volumes from keypoints per batch, so its input
+    is the keypoints file (``branches.posec3d.render``).
 
     Clips an earlier stage skipped (absent from ``input_path``) are left out of every split
     and listed in ``BranchData.missing``; fusion predicts such test clips from the other
@@ -490,13 +506,24 @@ def branch_data(branch: str, manifest, classes: Sequence[str], input_path: str |
     from mgpipe.data import MODALITY_OF, H5Clips
 
     modality = MODALITY_OF[branch]
+    stored = "joints" if render else modality  # what the input file holds
+    if render and modality != "heatmap":
+        raise ValueError(f"branches.{branch}.render: only the heatmap branch (posec3d) draws "
+                         f"its input from keypoints")
     index = {c: i for i, c in enumerate(classes)}
     if not Path(input_path).is_file():
         raise FileNotFoundError(f"{input_path}: input of branch {branch} not found; run the stage "
                                 f"that writes it (dvc repro) or fix branches.{branch}.input")
     with h5py.File(input_path, "r") as f:
+        any_clip = next(iter(f), None)
+        if render and any_clip is not None and not (isinstance(f[any_clip], h5py.Group)
+                                                    and "kp" in f[any_clip]):
+            raise ValueError(f"{input_path}: branches.{branch}.render draws heatmaps from "
+                             f"keypoints, but this file holds no keypoints; set "
+                             f"branches.{branch}.input: data/interim/keypoints.h5")
+
         def has(cid: str) -> bool:
-            return cid in f and (modality != "joints" or "kp" in f[cid])
+            return cid in f and (stored != "joints" or "kp" in f[cid])
 
         split = {s: manifest[manifest.split == s] for s in ("train", "val", "test")}
         kept = {s: t[[has(c) for c in t.clip_id]] for s, t in split.items()}
@@ -504,14 +531,14 @@ def branch_data(branch: str, manifest, classes: Sequence[str], input_path: str |
         pseudo = {c: y for c, y in (pseudo or {}).items() if has(c)}
         heatmap_mode = "joint"
         first = next((c for c in kept["train"].clip_id), None)
-        if modality == "heatmap" and first is not None:
+        if modality == "heatmap" and not render and first is not None:
             heatmap_mode = str(f[first].attrs.get("mode", "joint"))
     tr, va, te = kept["train"], kept["val"], kept["test"]
     if tr.empty:
         raise ValueError(f"{input_path}: none of the {len(split['train'])} training clips is in "
                          f"the file; check the skipped-clip files of the earlier stages")
     ids = list(tr.clip_id) + list(va.clip_id) + list(te.clip_id)
-    arrays = H5Clips(input_path, ids, modality)  # read per clip: memory bounded by the loader
+    arrays = H5Clips(input_path, ids, stored)  # read per clip: memory bounded by the loader
     return BranchData(
         modality=modality, arrays=arrays, num_classes=len(classes),
         train_ids=list(tr.clip_id) + list(pseudo),

@@ -2,10 +2,14 @@
 
 Per branch a temperature T_b fitted on the validation subjects (minimum NLL); fused
 probability sum_b w_b softmax(z_b / T_b) with `fuse.weights` (equal, fit on validation, or
-a {branch: w} map). The only stage that reads the hidden test labels. Writes:
+a {branch: w} map). With `fuse.chance_gate`, a branch whose validation macro-F1 is not above
+chance (permutation test, p >= 0.05) gets weight 0 and the others share its weight (all
+branches at chance: none gated). The only stage that reads the hidden test labels. Writes:
   metrics/metrics.json      macro-F1 (headline), micro-F1 (= top-1), top-5; test and val;
                             per branch and fused; after CMPL and before (round 0); per
-                            branch, the clips it had no prediction for and why (coverage)
+                            branch, the clips it had no prediction for and why (coverage);
+                            per round (fusion.round<r>) the weights used, the gated branches
+                            and each branch's chance test
   metrics/cmpl.json         per round and branch: pseudo-labels kept, per-class counts, their
                             precision against the hidden labels, test F1 before/after
   metrics/predictions.csv   clip_id, predicted label, the branches that saw the clip, fused
@@ -42,6 +46,29 @@ def skip_files(branch_input: str, interim: Path) -> list[Path]:
     return files
 
 
+def gate_lines(res: dict) -> list[str]:
+    """What the chance gate did in one round (evaluate_round's result), for the log."""
+    gate, r = res["gate"], res["round"]
+    lines = []
+    for b, t in gate["chance"].items():
+        if gate["gated"][b]:
+            lines.append(f"fuse: round {r}: {b} gated (weight 0): val macro-F1 "
+                         f"{t['macro_f1']:.3f} is not above chance (95th percentile of shuffled "
+                         f"labels {t['chance_p95']:.3f}, p = {t['p_value']:.4f}, "
+                         f"{t['clips']} val clips)")
+    if gate["note"]:
+        lines.append(f"fuse: round {r}: {gate['note']} (fuse.chance_gate)")
+    fell = gate["fallback_clips"]
+    if fell["test"] or fell["val"]:
+        lines.append(f"fuse: round {r}: {fell['test']} test and {fell['val']} val clips are "
+                     f"predicted only by branches of fusion weight 0 (gated); fused from those "
+                     f"branches instead of left unpredicted")
+    if any(gate["gated"].values()) or gate["note"]:
+        lines.append(f"fuse: round {r}: fusion weights " + ", ".join(
+            f"{b} {w:.3f}" for b, w in res["weight"].items()))
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,8 +85,12 @@ def main(argv=None) -> int:
     rounds = json.loads((Path(args.cmpl) / "rounds.json").read_text())
     results, truth, test_ids = evaluate_rounds(
         rounds, manifest, classes, interim / "test_labels.csv", args.cmpl,
-        cfg.get("weights", "equal"), bool(cfg.get("temperature", True)))
+        cfg.get("weights", "equal"), bool(cfg.get("temperature", True)),
+        bool(cfg.get("chance_gate", True)))
     first, last = results[0], results[-1]
+    for res in results:
+        for line in gate_lines(res):
+            print(line, flush=True)
 
     def summary(res: dict) -> dict:
         return {"fused": res["test"]["fused"],
@@ -79,6 +110,9 @@ def main(argv=None) -> int:
         "temperature": last["temperature"],
         "weight": last["weight"],
         "coverage": cover,
+        "fusion": {f"round{res['round']}": {
+            "weight": res["weight"], **{k: v for k, v in res["gate"].items() if k != "note"}}
+            for res in results},
     })
     cmpl_rows = []
     for prev, res in zip(results, results[1:]):

@@ -42,6 +42,10 @@ def main(argv=None) -> int:
     params = load_params(args.params)
     if args.branch not in params.get("branches", {}):
         ap.error(f"branch {args.branch!r} is not in params.yaml's branches block")
+    problem = no_video_problem(params["branches"][args.branch]["input"])
+    if problem:
+        print(f"train@{args.branch}: error: {problem}", file=sys.stderr)
+        return 2
     launcher = launch_command(params["runtime"]["launcher"])
     if launcher and not os.environ.get("MGPIPE_LAUNCHED"):  # re-run under the launcher
         cmd = launcher + [str(Path(__file__).resolve())] + list(sys.argv[1:] if argv is None else argv)
@@ -53,6 +57,23 @@ def main(argv=None) -> int:
                      f"set runtime.launcher to python")
     return run_interruptible(f"train@{args.branch}", lambda: train(args, params),
                              "its logits.npz is not written; rerun to resume from its last.pt")
+
+
+def no_video_problem(input_path: str | Path) -> str:
+    """Why a branch cannot train on ``input_path`` at all: it is the empty rgb.h5 the crop
+    stage writes for a dataset without video (attribute has_rgb false); "" otherwise."""
+    import h5py
+
+    path = Path(input_path)
+    try:
+        with h5py.File(path, "r") as f:
+            if bool(f.attrs.get("has_rgb", True)):
+                return ""
+    except OSError:  # absent or unreadable: branch_data says so
+        return ""
+    return (f"the dataset has no video ({path} holds no RGB clips), so the RGB branches cannot "
+            f"train; remove them: dvc exp run -S '~branches.r2plus1d' -S '~branches.swin3d' "
+            f"(or delete them from params.yaml's branches block)")
 
 
 def launch_command(launcher: str) -> list[str]:
@@ -81,7 +102,8 @@ def train(args, params: dict) -> int:
     input_path = params["branches"][args.branch]["input"]
     try:
         pseudo = read_pseudo(args.pseudo, classes) if args.pseudo else None
-        data = branch_data(args.branch, manifest, classes, input_path, pseudo)
+        data = branch_data(args.branch, manifest, classes, input_path, pseudo,
+                           render=params["branches"][args.branch].get("render") is not None)
     except (FileNotFoundError, ValueError) as e:
         print(f"train@{args.branch}: error: {e}", file=sys.stderr)
         return 2
@@ -117,6 +139,9 @@ def train(args, params: dict) -> int:
     except FloatingPointError as e:
         print(f"train@{args.branch}: error: {e}", file=sys.stderr)
         return 1
+    except (FileNotFoundError, ValueError) as e:  # e.g. a weights file that does not fit
+        print(f"train@{args.branch}: error: {e}", file=sys.stderr)
+        return 2
     if rank == 0:
         live.end()
         # DVCLive's own summary holds the last epoch; ours (below) holds the best one.

@@ -158,3 +158,148 @@ def test_evaluate_round_scores_every_manifest_clip(tmp_path):
     assert res["test"]["b"]["unpredicted"] == 2 and res["test"]["b"]["micro_f1"] == pytest.approx(1 / 3, abs=1e-4)
     assert res["val"]["b"]["unpredicted"] == 1
     assert np.isnan(res["fused_test_probs"][2]).all()
+
+
+# ---- the chance gate (fuse.chance_gate) ------------------------------------------------------
+
+def gate_set():
+    """60 val clips of 6 classes (10 each); two good branches (80% and 75% right, every
+    mistake a fixed other class) and one with random logits."""
+    y = np.repeat(np.arange(6), 10)
+    pred = y.copy()
+    pred[::5] = (pred[::5] + 1) % 6           # 12 of 60 wrong: macro-F1 0.80
+    pred2 = y.copy()
+    pred2[1::4] = (pred2[1::4] + 2) % 6       # 15 of 60 wrong: macro-F1 0.75
+    probs = {"good": softmax(3 * np.eye(6)[pred]), "good2": softmax(3 * np.eye(6)[pred2]),
+             "noise": softmax(np.random.default_rng(0).standard_normal((60, 6)))}
+    return probs, y
+
+
+def test_chance_test_gates_the_random_branch_only():
+    from mgpipe.fusion import chance_test
+    from mgpipe.metrics import chance_macro_f1
+
+    probs, y = gate_set()
+    t = chance_test(probs, y)
+    assert t["good"]["macro_f1"] == pytest.approx(0.8) and t["good2"]["macro_f1"] == pytest.approx(0.75)
+    # no shuffle of 2000 comes near: the smallest p-value 2000 shuffles can give
+    assert t["good"]["p_value"] == t["good2"]["p_value"] == pytest.approx(1 / 2001)
+    assert not t["good"]["gated"] and not t["good2"]["gated"]
+    assert t["noise"]["gated"] and t["noise"]["p_value"] >= 0.05
+    assert t["noise"]["macro_f1"] <= t["noise"]["chance_p95"]
+    assert all(v["clips"] == 60 for v in t.values())
+    # deterministic (fixed seed), and the same numbers as the train stage's report
+    assert chance_test(probs, y) == t
+    same = chance_macro_f1(probs["noise"].argmax(1), y)
+    assert (t["noise"]["p_value"], t["noise"]["chance_p95"]) == (same["p_value"], same["chance_p95"])
+
+
+def test_chance_test_by_hand():
+    from mgpipe.fusion import chance_test
+
+    # 4 clips, labels [0, 0, 1, 1], predicted perfectly: a shuffle is also perfect with
+    # probability 1 / C(4, 2) = 1/6, so p ~ 0.17: perfect, but too few clips to tell
+    t = chance_test({"p": np.eye(2)[[0, 0, 1, 1]]}, np.array([0, 0, 1, 1]))["p"]
+    assert t["macro_f1"] == 1.0 and t["gated"] and 0.14 < t["p_value"] < 0.20
+    # 12 clips: 1 / C(12, 6) = 1/924, p ~ (1 + 2000/924) / 2001 ~ 0.0016: not gated
+    y = np.array([0] * 6 + [1] * 6)
+    t = chance_test({"p": np.eye(2)[y]}, y)["p"]
+    assert not t["gated"] and t["p_value"] < 0.005
+    # only the clips the branch predicts (NaN rows: skipped) and whose label is known count
+    p = np.eye(2)[np.r_[y, y]]
+    p[12:] = np.nan
+    labels = np.r_[y, np.full(12, -1)]
+    assert chance_test({"p": p}, labels)["p"] == t
+    assert chance_test({"p": p[12:]}, y)["p"] == {"macro_f1": None, "chance_p95": None,
+                                                  "p_value": None, "clips": 0, "gated": False}
+
+
+def test_gate_weights_by_hand():
+    from mgpipe.fusion import gate_weights
+
+    assert gate_weights({"a": 1, "b": 1, "c": 2}, {"c"}) == {"a": 0.5, "b": 0.5, "c": 0.0}
+    assert gate_weights({"a": 1, "b": 3}, []) == {"a": 0.25, "b": 0.75}
+    with pytest.raises(ValueError, match="leaves no fusion weight"):
+        gate_weights({"a": 0, "b": 1}, {"b"})
+
+
+def test_fusion_weights_gate_equal_fit_and_explicit():
+    from mgpipe.fusion import fusion_weights
+
+    probs, y = gate_set()
+    w, info = fusion_weights(probs, y, "equal")
+    assert w == {"good": 0.5, "good2": 0.5, "noise": 0.0}
+    assert info["gated"] == ["noise"] and info["note"] == "" and info["chance"]["noise"]["gated"]
+    # fit: gate first, then fit over the remaining branches
+    w, info = fusion_weights(probs, y, "fit")
+    assert w == {**fit_weights({"good": probs["good"], "good2": probs["good2"]}, y), "noise": 0.0}
+    assert info["gated"] == ["noise"]
+    # an explicit map: the gated branch gets 0, the others are renormalised
+    w, info = fusion_weights(probs, y, {"good": 1.0, "good2": 1.0, "noise": 2.0})
+    assert w == {"good": 0.5, "good2": 0.5, "noise": 0.0} and info["gated"] == ["noise"]
+    # ... unless the branches left all have weight 0 there: then nothing is gated
+    w, info = fusion_weights(probs, y, {"good": 0.0, "good2": 0.0, "noise": 1.0})
+    assert w == {"good": 0.0, "good2": 0.0, "noise": 1.0} and info["gated"] == []
+    assert "all have weight 0" in info["note"]
+    # gate off: the plain weights, no test run
+    w, info = fusion_weights(probs, y, "equal", chance_gate=False)
+    assert w == pytest.approx({b: 1 / 3 for b in probs}) and info == {"gated": [], "chance": {},
+                                                                      "note": ""}
+    with pytest.raises(ValueError, match="missing for branches"):
+        fusion_weights(probs, y, {"good": 1.0})
+
+
+def test_fusion_weights_every_branch_at_chance_keeps_all():
+    from mgpipe.fusion import fusion_weights
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(6), 10)
+    probs = {b: softmax(rng.standard_normal((60, 6))) for b in ("x", "y")}
+    w, info = fusion_weights(probs, y, "equal")
+    assert all(t["gated"] for t in info["chance"].values())  # both tested at chance
+    assert info["gated"] == [] and w == {"x": 0.5, "y": 0.5}
+    assert "every branch (x, y) is at chance" in info["note"]
+
+
+def test_fuse_with_fallback_for_clips_only_gated_branches_predict():
+    from mgpipe.fusion import fuse_with_fallback
+
+    good = np.array([[0.9, 0.1], [np.nan, np.nan], [np.nan, np.nan]])
+    gated = np.array([[0.3, 0.7], [0.2, 0.8], [np.nan, np.nan]])
+    probs = {"good": good, "gated": gated}
+    fused, fell = fuse_with_fallback(probs, {"good": 1.0, "gated": 0.0})
+    np.testing.assert_allclose(fused[0], [0.9, 0.1])       # the gated branch counts for nothing
+    np.testing.assert_allclose(fused[1], [0.2, 0.8])       # only the gated branch has it: its row
+    assert np.isnan(fused[2]).all()                         # no branch has it: still none
+    assert fell.tolist() == [False, True, False]
+    # plain fuse would leave clip 1 unpredicted (weight mass 0)
+    assert np.isnan(fuse(probs, {"good": 1.0, "gated": 0.0})[1]).all()
+
+
+def test_evaluate_round_records_the_gate_and_predicts_gated_only_clips():
+    from mgpipe.evaluate import evaluate_round
+
+    probs, y = gate_set()
+    val_ids = [f"v{i}" for i in range(60)]
+    test_ids = ["t0", "t1", "t2"]
+    test_labels = np.array([0, 1, 2])
+    z = {b: np.log(p) for b, p in probs.items()}
+    one_hot = 5 * np.eye(6)[test_labels]
+    logits = {"good": {"val_ids": np.array(val_ids), "val_logits": z["good"],
+                       "test_ids": np.array(test_ids[:2]), "test_logits": one_hot[:2]},
+              "good2": {"val_ids": np.array(val_ids), "val_logits": z["good2"],
+                        "test_ids": np.array(test_ids[:2]), "test_logits": one_hot[:2]},
+              "noise": {"val_ids": np.array(val_ids), "val_logits": z["noise"],
+                        "test_ids": np.array(test_ids), "test_logits": one_hot}}
+    res = evaluate_round(logits, val_ids, y, test_ids, test_labels)
+    assert res["weight"] == {"good": 0.5, "good2": 0.5, "noise": 0.0}
+    gate = res["gate"]
+    assert gate["chance_gate"] and gate["gated"] == {"good": False, "good2": False, "noise": True}
+    assert gate["chance"]["noise"]["p_value"] >= 0.05 and gate["chance"]["good"]["p_value"] < 0.001
+    assert gate["fallback_clips"] == {"val": 0, "test": 1}
+    # t2: only the gated branch has it; it is predicted from that branch, not counted wrong
+    assert res["test"]["fused"]["unpredicted"] == 0 and res["test"]["fused"]["micro_f1"] == 1.0
+    assert res["fused_test_probs"][2].argmax() == 2
+    off = evaluate_round(logits, val_ids, y, test_ids, test_labels, chance_gate=False)
+    assert off["weight"] == pytest.approx({b: 1 / 3 for b in logits}, abs=1e-4)
+    assert not any(off["gate"]["gated"].values()) and off["gate"]["chance"] == {}

@@ -61,7 +61,7 @@ def test_committed_params_validate_and_schema_defaults_are_the_committed_values(
     ({"fuse__weights": {"stcnn": 1.0}}, r"fuse\.weights: no weight for \['posec3d', 'r2plus1d', 'swin3d'\]"),
     ({"fuse__weights": "fitt"}, r"fuse\.weights: Input should be 'equal' or 'fit'"),
     ({"dataset__csv__path": "clips.csv"}, r"dataset\.csv\.path: unknown key; allowed keys: file, columns, classes"),
-    ({"dataset__name": "kinetics"}, r"dataset\.name: Input should be 'synth', 'csv', 'utd_mhad' or 'imigue'"),
+    ({"dataset__name": "kinetics"}, r"dataset\.name: Input should be 'synth', 'csv', 'utd_mhad', 'imigue', 'stgcn' or 'pyskl'"),
     ({"dataset__imigue__subject_regex": "(unclosed"}, r"dataset\.imigue\.subject_regex: not a valid regular expression"),
     ({"synth__test_subjects": 10}, r"synth\.subjects: 12 leaves no training subject"),
     ({"prepare__on_bad_clip": "ignore"}, r"prepare\.on_bad_clip: Input should be 'error' or 'skip'"),
