@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from mgpipe.params import _plain  # ruamel's commented maps and sequences as dicts and lists
+
 PROFILE_DIR = Path(__file__).with_name("profiles")
 
 
@@ -51,14 +53,6 @@ def merge(into, values: dict, prefix: str = "") -> list[tuple[str, object, objec
     return changes
 
 
-def _plain(v):
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
-
-
 def apply_profile(params_path: str | Path, name: str, dry_run: bool = False) -> list[tuple]:
     """Merge profile ``name`` into ``params_path`` (written only if the result validates
     against the params schema, and not with ``dry_run``); returns the changes."""
@@ -68,6 +62,8 @@ def apply_profile(params_path: str | Path, name: str, dry_run: bool = False) -> 
 
     yaml = YAML()  # round trip: comments, order and quoting survive
     yaml.preserve_quotes = True
+    yaml.representer.add_representer(  # null as params.yaml writes it, not an empty value
+        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     params_path = Path(params_path)
     doc = yaml.load(params_path.read_text())
     profile = YAML(typ="safe").load(profile_path(name).read_text()) or {}

@@ -127,11 +127,13 @@ def sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Mod
     return model
 
 
-def bound_heap(threshold: int = 1 << 20) -> bool:
-    """Serve allocations >= ``threshold`` bytes (batches, activations) from mmap, returned to
-    the OS when freed. glibc otherwise raises its mmap threshold after the first such free and
-    serves them from a heap that fragments: a training process's RSS then grows with every
-    batch (PoseC3D on CPU: 1.4x from 500 to 2000 clips in bench/scale.py; 1.0x with this).
+def bound_heap(threshold: int = 32 << 20) -> bool:
+    """Serve allocations >= ``threshold`` bytes (whole batches) from mmap, returned to the OS
+    when freed, with the threshold fixed. glibc otherwise raises its mmap threshold after the
+    first such free and serves them from a heap that fragments: a training process's RSS then
+    grows with every batch (PoseC3D on CPU: 1.4x from 500 to 2000 clips in bench/scale.py).
+    Not lower: at 1 MiB every CPU activation was mmapped and page-faulted afresh, and the
+    kernel time doubled a CPU epoch (ST-CNN on UTD-MHAD 11.2 s -> 5.9 s at 32 MiB).
     Process-wide; call it once in the process that trains. False off glibc (nothing done)."""
     try:
         return bool(ctypes.CDLL("libc.so.6").mallopt(-3, threshold))  # -3: M_MMAP_THRESHOLD

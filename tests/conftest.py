@@ -3,6 +3,8 @@ skip with a clear reason when it is absent (a user's clone), and run in CI where
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -28,3 +30,18 @@ def shared_media() -> Path:
 def utd_mhad_root() -> Path:
     """Folder of the real UTD-MHAD Kinect skeletons (../shared/datasets/utd-mhad-skeleton)."""
     return _need(SHARED / "datasets" / "utd-mhad-skeleton")
+
+
+def copy_project(dst: Path) -> Path:
+    """The project's tracked and untracked-but-not-ignored files copied into ``dst``, less
+    the pipeline's outputs (data/, models/, metrics/, dvc.lock), as a fresh clone holds them
+    before its first `dvc repro`."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if f.startswith(("data/", "models/", "metrics/")) or f == "dvc.lock":
+            continue  # outputs the pipeline must produce itself
+        if (ROOT / f).is_file():
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dst / f)
+    return dst

@@ -139,3 +139,49 @@ def test_test_flip_averages_a_clip_and_its_mirror():
     with torch.no_grad():
         mirrored = model(ds.to_input(x, aug))[0].numpy()
     np.testing.assert_allclose(both, (plain + mirrored) / 2, rtol=1e-5, atol=1e-6)
+
+
+# ---- params profiles -----------------------------------------------------------------------
+
+def test_profile_merges_into_params_and_keeps_comments(tmp_path):
+    from pathlib import Path
+
+    from mgpipe.__main__ import main
+    from mgpipe.params import read_params
+
+    root = Path(__file__).resolve().parents[1]
+    params = tmp_path / "params.yaml"
+    params.write_text((root / "params.yaml").read_text())
+    assert main(["profile", "real-skeleton", "--params", str(params), "--dry-run"]) == 0
+    assert params.read_text() == (root / "params.yaml").read_text()
+    assert main(["profile", "real-skeleton", "--params", str(params)]) == 0
+    text = params.read_text()
+    assert "# mgpipe parameters, one block per stage" in text      # comments survive
+    p = read_params(params)
+    assert p["branches"]["stcnn"]["epochs"] == 60
+    assert p["branches"]["stcnn"]["augment"]["rotate"] == 15
+    assert p["branches"]["stcnn"]["lr"] == 0.002                   # untouched keys stay
+    assert list(p["branches"]["posec3d"]["render"]["size"]) == [32, 32]
+    assert p["branches"]["posec3d"]["input"] == "data/interim/keypoints.h5"
+    assert p["branches"]["r2plus1d"]["epochs"] == 60               # other branches untouched
+    # applying it again changes nothing
+    assert main(["profile", "real-skeleton", "--params", str(params)]) == 0
+    assert params.read_text() == text
+
+
+def test_profile_errors_are_clear(tmp_path, capsys):
+    from pathlib import Path
+
+    from mgpipe.__main__ import main
+
+    root = Path(__file__).resolve().parents[1]
+    params = tmp_path / "params.yaml"
+    params.write_text((root / "params.yaml").read_text())
+    assert main(["profile", "no-such-profile", "--params", str(params)]) == 2
+    assert "real-skeleton" in capsys.readouterr().err              # lists what exists
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("branches:\n  stcnn:\n    augment: {rotation: 10}\n")
+    assert main(["profile", str(bad), "--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert "rotation" in err and "rotate" in err                   # nearest valid key
+    assert params.read_text() == (root / "params.yaml").read_text()  # nothing written

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import copy_project
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -69,15 +70,7 @@ def project(tmp_path_factory) -> Path:
     """A fresh clone: the project's files in a new git repo, with a small synthetic set,
     after one `dvc repro` whose results are committed."""
     dst = tmp_path_factory.mktemp("clone") / "mgpipe"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if f.startswith(("data/", "models/", "metrics/")) or f == "dvc.lock":
-            continue  # outputs the pipeline must produce itself
-        src = ROOT / f
-        if src.is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / f)
+    copy_project(dst)
     _edit_params(dst, **SMALL)
     _git(dst, "init", "-q")
     _git(dst, "add", "-A")
@@ -161,12 +154,7 @@ def test_utd_mhad_skeleton_only_pipeline(utd_mhad_root, tmp_path):
     """The real UTD-MHAD skeletons through the whole pipeline: no video, so crop writes an
     empty rgb.h5 and only the skeleton branches train; CMPL and fusion run on them."""
     dst = tmp_path / "utd"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if not f.startswith(("data/", "models/", "metrics/")) and f != "dvc.lock" and (ROOT / f).is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, dst / f)
+    copy_project(dst)
     params = yaml.safe_load((dst / "params.yaml").read_text())
     params["dataset"].update(name="utd_mhad", root=str(utd_mhad_root))
     for b in ("r2plus1d", "swin3d"):

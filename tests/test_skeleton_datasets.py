@@ -8,7 +8,6 @@ import importlib.util
 import json
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import copy_project
 
 from mgpipe import layout, skeletons
 from mgpipe.datasets import DatasetError, load_csv, load_dataset, utd_mhad_keypoints
@@ -317,12 +317,7 @@ def test_skeleton_only_csv_dataset_through_dvc_repro(tmp_path):
     """24 keypoint files (.npy, COCO-17, no video) in a fresh copy of the project: `dvc repro`
     runs prepare -> keypoints -> crop (empty) / heatmaps -> ST-CNN, PoseC3D -> cmpl -> fuse."""
     dst = tmp_path / "proj"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if not f.startswith(("data/", "models/", "metrics/")) and f != "dvc.lock" and (ROOT / f).is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, dst / f)
+    copy_project(dst)
     write_gesture_dataset(dst / "data/raw/gestures")
     params = yaml.safe_load((dst / "params.yaml").read_text())
     params["dataset"].update(name="csv", root="data/raw/gestures")
