@@ -127,14 +127,18 @@ def sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Mod
     return model
 
 
-def bound_heap(threshold: int = 32 << 20) -> bool:
-    """Serve allocations >= ``threshold`` bytes (whole batches) from mmap, returned to the OS
-    when freed, with the threshold fixed. glibc otherwise raises its mmap threshold after the
-    first such free and serves them from a heap that fragments: a training process's RSS then
-    grows with every batch (PoseC3D on CPU: 1.4x from 500 to 2000 clips in bench/scale.py).
-    Not lower: at 1 MiB every CPU activation was mmapped and page-faulted afresh, and the
-    kernel time doubled a CPU epoch (ST-CNN on UTD-MHAD 11.2 s -> 5.9 s at 32 MiB).
-    Process-wide; call it once in the process that trains. False off glibc (nothing done)."""
+def bound_heap(modality: str) -> bool:
+    """Serve allocations from mmap, returned to the OS when freed, above a fixed threshold
+    that suits ``modality``'s training. glibc otherwise raises its mmap threshold after the
+    first large free and serves big buffers from a heap that fragments: a training process's
+    RSS then grows with every batch (bench/scale.py, CPU, 500 -> 2000 clips: PoseC3D 1.44x
+    without this, 1.45x at 32 MiB, 1.01x at 1 MiB).
+    Heatmaps and RGB: 1 MiB (every batch-sized buffer). Joints: 32 MiB, because ST-CNN's CPU
+    activations (2-9 MB, the same sizes every step, RSS 1.08x at 32 MiB) would otherwise be
+    mmapped and page-faulted afresh each step, which doubled its CPU epoch (UTD-MHAD: 11.2 s
+    at 1 MiB, 5.9 s at 32 MiB, 5.2 s without; PoseC3D pays 10.9 s against 7.4 s, for flat
+    memory). Process-wide; call it once in the process that trains. False off glibc."""
+    threshold = (32 << 20) if modality == "joints" else (1 << 20)
     try:
         return bool(ctypes.CDLL("libc.so.6").mallopt(-3, threshold))  # -3: M_MMAP_THRESHOLD
     except (OSError, AttributeError):

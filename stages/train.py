@@ -94,7 +94,6 @@ def read_pseudo(path: str | Path, classes: list[str]) -> dict[str, int]:
 
 
 def train(args, params: dict) -> int:
-    bound_heap()  # RSS that does not creep up batch after batch (see its docstring)
     out = Path(args.out or f"models/train/{args.branch}")
     metrics_path = Path(args.metrics or f"metrics/train/{args.branch}.json")
     manifest = read_manifest(Path(args.interim) / "manifest.csv")
@@ -114,6 +113,7 @@ def train(args, params: dict) -> int:
               + "; ".join(f"{len(v)} {s} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
                           for s, v in left_out.items()), flush=True)
     cfg = branch_config(params, args.branch)
+    bound_heap(data.modality)  # RSS that does not creep up batch after batch (see its docstring)
     rank = int(os.environ.get("RANK", 0))
     live = None
     if rank == 0:
