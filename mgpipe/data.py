@@ -185,19 +185,16 @@ def draw_heatmaps(kp: np.ndarray, cfg: dict, rng: np.random.Generator | None,
     box, augmented in keypoint space when ``rng`` and ``augment``, then rendered. Without
     ``rng`` it equals the heatmaps stage's volume for the same settings (``cfg``: mode,
     sigma, size (H, W), frames, margin)."""
-    from mgpipe.heatmaps import _to_grid, render_joints, render_limbs, skeleton_box
+    from mgpipe.heatmaps import _render, prepare_coords
 
     h, w = cfg["size"]
     idx = sample_indices(len(kp), cfg["frames"], rng)
-    coords = _to_grid(np.asarray(kp, np.float32)[idx],
-                      skeleton_box(kp, w / h, cfg["margin"]), (h, w))
+    coords, _ = prepare_coords(kp, (h, w), margin=cfg["margin"], indices=idx)
     if rng is not None and augment is not None:
         aug = draw_keypoint_aug(rng, augment, kp.shape[1])
         centre = ((w - 1) / 2, (h - 1) / 2)
         coords = apply_keypoint_aug(coords, aug, centre, float(max(h, w)))
-    if cfg["mode"] == "joint":
-        return render_joints(coords, (h, w), cfg["sigma"])
-    return render_limbs(coords, (h, w), cfg["sigma"])
+    return _render(coords, (h, w), cfg["sigma"], cfg["mode"], layout.BONES, None)
 
 
 def _draw_aug(rng, modality: str, flip_ok: bool, min_crop: float) -> np.ndarray:

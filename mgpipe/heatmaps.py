@@ -109,16 +109,21 @@ def normalize_to_box(kp: np.ndarray, size: tuple[int, int] = DEFAULT_SIZE,
 
 def prepare_coords(kp: np.ndarray, size: tuple[int, int] = DEFAULT_SIZE,
                    frames: int | None = DEFAULT_FRAMES, margin: float = DEFAULT_MARGIN,
-                   normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                   normalize: bool = True, indices: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Sample and normalise one clip: kp [T, J, 3] -> (grid coords [T', J, 3], indices [T']).
 
     The box comes from the whole clip, then ``frames`` frames are taken with
-    ``uniform_indices`` (all frames when None). ``normalize=False`` takes kp as grid coords.
+    ``uniform_indices`` (all frames when None), or the given ``indices`` (training's random
+    frame per segment). ``normalize=False`` takes kp as grid coords.
     """
     kp = np.asarray(kp, np.float32)
     if kp.ndim != 3 or kp.shape[-1] != 3:
         raise ValueError(f"expected keypoints [T, J, 3], got shape {kp.shape}")
-    idx = uniform_indices(len(kp), frames) if frames else np.arange(len(kp), dtype=np.int64)
+    if indices is not None:
+        idx = np.asarray(indices, np.int64)
+    else:
+        idx = uniform_indices(len(kp), frames) if frames else np.arange(len(kp), dtype=np.int64)
     if not normalize:
         return kp[idx], idx
     # box from the whole clip, mapping only the sampled frames

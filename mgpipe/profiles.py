@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from mgpipe.io import atomic_path
 from mgpipe.params import _plain  # ruamel's commented maps and sequences as dicts and lists
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
@@ -72,7 +73,6 @@ def apply_profile(params_path: str | Path, name: str, dry_run: bool = False) -> 
     if changes and not dry_run:
         buf = io.StringIO()
         yaml.dump(doc, buf)
-        from mgpipe.io import atomic_path
         with atomic_path(params_path, suffix=".yaml") as tmp:
             Path(tmp).write_text(buf.getvalue())
     return changes
