@@ -42,11 +42,16 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_parser(name, help=text, add_help=False)
     sub.add_parser("profile", help="merge a params profile (e.g. real-skeleton) into params.yaml",
                    add_help=False)
+    sub.add_parser("ablate", help="an ablation grid x seeds as DVC experiments; F1 table, "
+                   "bootstrap, plot", add_help=False)
     if not argv or argv[0] in ("-h", "--help"):
         ap.print_help()
         return 0
     if argv[0] == "profile":
         return profile_command(argv[1:])
+    if argv[0] == "ablate":
+        from mgpipe.ablate import main as ablate_main
+        return ablate_main(argv[1:])
     if argv[0] not in available:
         ap.error(f"unknown command {argv[0]!r}; choose from {', '.join(available)}")
     script = _stages_dir() / available[argv[0]][0]

@@ -1,19 +1,22 @@
 """Cross-modal pseudo-labelling rounds (SPEC section 7), resumable round by round.
 
-Round r (1..R): every branch's round r-1 model predicts the test clips; probabilities are
-calibrated with the branch's temperature (fitted on validation); each branch gets the
-pseudo-labels that the other branches' fused prediction (or all branches') gives with enough
-confidence and agreement, capped per class; then each branch is retrained from scratch on
-train + its pseudo-labelled clips with the same `train_branch` as round 0.
+Round r (1..R): every branch's round r-1 model predicts the val and test clips;
+probabilities are calibrated with the branch's temperature (fitted on validation); each branch
+gets the pseudo-labels that the other branches' fused prediction (or all branches') gives with
+enough confidence (a fixed `cmpl.threshold`, or per-class thresholds fitted on validation to
+reach `cmpl.target_precision`) and agreement, capped per class (`cmpl.selection`); then each
+branch is retrained on train + its pseudo-labelled clips with the same `train_branch` as
+round 0: from scratch, or (`cmpl.finetune`) from its round r-1 best.pt.
 
 Nothing here reads the hidden test labels: the report that scores pseudo-labels against them
-lives in the evaluation code (stages/fuse.py).
+lives in the evaluation code (stages/fuse.py). Validation labels fit the temperatures and
+the thresholds.
 
 Layout of ``out_dir`` (models/cmpl):
     round<r>/<branch>/{best.pt,last.pt,logits.npz}   retrained models
     round<r>/pseudo_<branch>.csv                      clip_id, label, confidence
     round<r>/started.json                             signature (a killed round resumes)
-    round<r>/done.json                                signature, temperatures, counts
+    round<r>/done.json                                signature, temperatures, thresholds, counts
     rounds.json                                       logits file per round and branch
 """
 from __future__ import annotations
@@ -29,7 +32,8 @@ import pandas as pd
 
 from mgpipe.fusion import aligned, calibrated_probs, fit_temperature
 from mgpipe.io import read_manifest, write_csv_atomic, write_json_atomic
-from mgpipe.pseudo import select_pseudo_labels
+from mgpipe.metrics import predicted_classes
+from mgpipe.pseudo import fit_class_thresholds, select_pseudo_labels, source_probs
 
 
 def load_logits(path: str | Path) -> dict[str, np.ndarray]:
@@ -54,47 +58,72 @@ def round_signature(cfg: dict, train_params: dict, round0: dict[str, Path], mani
 
 
 def calibrate(logits: dict[str, dict], val_ids: list[str], val_labels: np.ndarray,
-              test_ids: list[str]) -> tuple[dict, dict]:
-    """Per branch: temperature fitted on the validation clips it has, and its calibrated
-    test probabilities [len(test_ids), C] (NaN rows: test clips the branch skipped)."""
-    temps, probs = {}, {}
+              test_ids: list[str]) -> tuple[dict, dict, dict]:
+    """Per branch: temperature fitted on the validation clips it has, its calibrated test
+    probabilities [len(test_ids), C] and its calibrated val probabilities [len(val_ids), C]
+    with the same temperature (NaN rows: clips the branch skipped)."""
+    temps, probs, val_probs = {}, {}, {}
     for b, z in logits.items():
         val = aligned(z["val_ids"], z["val_logits"], val_ids)
         seen = ~np.isnan(val).any(1)
         temps[b] = fit_temperature(val[seen], val_labels[seen])
         probs[b] = calibrated_probs(aligned(z["test_ids"], z["test_logits"], test_ids), temps[b])
-    return temps, probs
+        val_probs[b] = calibrated_probs(val, temps[b])
+    return temps, probs, val_probs
+
+
+def branch_thresholds(val_probs: dict[str, np.ndarray], val_labels: np.ndarray, target: str,
+                      cfg: dict, num_classes: int) -> np.ndarray:
+    """Confidence thresholds [C] for branch ``target``'s pseudo-labels: ``cmpl.threshold``
+    for every class, or with ``fit`` :func:`mgpipe.pseudo.fit_class_thresholds` on the
+    validation clips, whose source prediction is fused exactly as the test one (same
+    temperatures, ``cmpl.source`` and ``cmpl.weights``)."""
+    threshold = cfg.get("threshold", 0.9)
+    if threshold != "fit":
+        return np.full(num_classes, float(threshold))
+    fused = source_probs(val_probs, target, cfg.get("source", "others"), cfg.get("weights"))
+    return fit_class_thresholds(fused.max(1), predicted_classes(fused), val_labels, num_classes,
+                                float(cfg.get("target_precision", 0.9)),
+                                int(cfg.get("min_support", 5)))
 
 
 def pseudo_labels_for_round(logits: dict[str, dict], val_ids: list[str], val_labels: np.ndarray,
                             test_ids: list[str], cfg: dict, train_counts: np.ndarray
-                            ) -> tuple[dict[str, pd.DataFrame], dict]:
+                            ) -> tuple[dict[str, pd.DataFrame], dict, dict]:
     """Pseudo-labels per branch (DataFrames of clip_id, label index, confidence) from the
-    previous round's logits, and the temperatures used. A branch only gets test clips it
-    has the input of (it cannot train on the others)."""
-    temps, probs = calibrate(logits, val_ids, val_labels, test_ids)
-    out = {}
+    previous round's logits, the temperatures used and the thresholds per branch (a list per
+    class, None = inf: no pseudo-label of that class). A branch only gets test clips it has
+    the input of (it cannot train on the others)."""
+    temps, probs, val_probs = calibrate(logits, val_ids, val_labels, test_ids)
+    num_classes = len(train_counts)
+    out, thresholds = {}, {}
     for b in logits:
         has = set(map(str, logits[b]["test_ids"]))
+        thr = branch_thresholds(val_probs, val_labels, b, cfg, num_classes)
         idx, lab, conf = select_pseudo_labels(
-            probs, b, cfg.get("source", "others"), float(cfg.get("threshold", 0.9)),
-            int(cfg.get("min_agree", 2)), cfg.get("max_per_class"), cfg.get("class_fraction"),
-            train_counts, cfg.get("weights"), candidates=np.array([c in has for c in test_ids]))
+            probs, b, cfg.get("source", "others"), thr, int(cfg.get("min_agree", 2)),
+            cfg.get("max_per_class"), cfg.get("class_fraction"), train_counts, cfg.get("weights"),
+            candidates=np.array([c in has for c in test_ids]),
+            selection=cfg.get("selection", "confidence"), quota=float(cfg.get("quota", 2.0)))
         out[b] = pd.DataFrame({"clip_id": np.asarray(test_ids, dtype=object)[idx], "label": lab,
                                "confidence": np.round(conf, 6)})
-    return out, temps
+        thresholds[b] = [float(t) if np.isfinite(t) else None for t in thr]
+    return out, temps, thresholds
 
 
 def run_cmpl(cfg: dict, branches: list[str], round0: dict[str, Path], manifest_path: Path,
              classes: list[str], out_dir: Path, train_params: dict,
-             retrain: Callable[[str, dict[str, int], Path], None], log=print,
-             code: str = "") -> list[dict]:
+             retrain: Callable[..., None], log=print, code: str = "") -> list[dict]:
     """Run ``cfg['rounds']`` rounds; reuse finished rounds whose signature matches (same
     params, round-0 models, manifest and ``code`` fingerprint).
 
     round0: branch -> round-0 logits.npz; retrain(branch, {clip_id: label}, out_dir) trains
-    one branch from scratch with extra pseudo-labelled clips and writes its logits.npz.
-    Returns one summary per round (no test labels involved).
+    one branch from scratch with extra pseudo-labelled clips and writes its logits.npz (and
+    best.pt). With ``cfg['finetune']`` it is called as retrain(branch, pseudo, out_dir, init)
+    instead, init = the branch's previous model to start from: the best.pt beside its round
+    r-1 logits (round 1: the round-0 logits' folder, models/train/<b>).
+    Returns one summary per round (no test labels involved): round, temperatures,
+    thresholds ({branch: [C] floats, None = inf}), kept ({branch: count}).
     """
     out_dir = Path(out_dir)
     rounds = int(cfg.get("rounds", 0))
@@ -122,8 +151,8 @@ def run_cmpl(cfg: dict, branches: list[str], round0: dict[str, Path], manifest_p
         # a half-finished round of the same signature is kept: its retrainings resume
         write_json_atomic(started, {"signature": sig})
         logits = {b: load_logits(paths[r - 1][b]) for b in branches}
-        pseudo, temps = pseudo_labels_for_round(logits, val_ids, val_labels, test_ids, cfg,
-                                               train_counts)
+        pseudo, temps, thresholds = pseudo_labels_for_round(logits, val_ids, val_labels,
+                                                            test_ids, cfg, train_counts)
         kept = {}
         for b in branches:
             p = pseudo[b]
@@ -135,9 +164,20 @@ def run_cmpl(cfg: dict, branches: list[str], round0: dict[str, Path], manifest_p
                     f"{r - 1} model")
                 shutil.copytree(Path(paths[r - 1][b]).parent, rdir / b, dirs_exist_ok=True)
                 continue
-            log(f"cmpl: round {r}/{rounds}, {b}: {len(p)} pseudo-labelled test clips; retraining")
-            retrain(b, dict(zip(p.clip_id, p.label.astype(int))), rdir / b)
-        summary = {"round": r, "temperatures": temps, "kept": kept}
+            labels = dict(zip(p.clip_id, p.label.astype(int)))
+            if cfg.get("finetune"):
+                init = Path(paths[r - 1][b]).parent / "best.pt"
+                if not init.is_file():
+                    raise FileNotFoundError(f"cmpl.finetune: {b} has no round {r - 1} model "
+                                            f"{init} to start from")
+                log(f"cmpl: round {r}/{rounds}, {b}: {len(p)} pseudo-labelled test clips; "
+                    f"fine-tuning {init}")
+                retrain(b, labels, rdir / b, init)
+            else:
+                log(f"cmpl: round {r}/{rounds}, {b}: {len(p)} pseudo-labelled test clips; "
+                    f"retraining")
+                retrain(b, labels, rdir / b)
+        summary = {"round": r, "temperatures": temps, "thresholds": thresholds, "kept": kept}
         write_json_atomic(done, {"signature": sig, "summary": summary})
         summaries.append(summary)
         paths[r] = {b: rdir / b / "logits.npz" for b in branches}

@@ -11,7 +11,7 @@ import pandas as pd
 from mgpipe.cmpl import load_logits
 from mgpipe.fusion import (aligned, calibrated_probs, fit_temperature, fuse_with_fallback,
                            fusion_weights)
-from mgpipe.metrics import classification_metrics
+from mgpipe.metrics import classification_metrics, predicted_classes
 from mgpipe.pseudo import pseudo_label_report
 
 
@@ -140,3 +140,21 @@ def coverage(ids: dict[str, list[str]], probs: dict[str, np.ndarray],
         entry[f"{split}_missing"] = len(missing)
         entry[f"{split}_missing_reasons"] = why
     return entry
+
+
+def clip_table(results: list[dict], truth: np.ndarray, test_ids: list[str],
+               classes: list[str]) -> pd.DataFrame:
+    """One row per CMPL round and test clip: round, clip_id, the hidden label ("" unknown),
+    and the predicted class of the fusion and of each branch ("" none: the clip was skipped).
+    What the ablation command's paired bootstrap resamples (metrics/test_by_clip.csv)."""
+    def names(p: np.ndarray) -> list[str]:
+        return [classes[i] if i >= 0 else "" for i in predicted_classes(p)]
+
+    label = [classes[t] if t >= 0 else "" for t in truth]
+    parts = []
+    for res in results:
+        cols = {"round": res["round"], "clip_id": test_ids, "label": label,
+                "fused": names(res["fused_test_probs"])}
+        cols.update({b: names(p) for b, p in res["test_probs"].items()})
+        parts.append(pd.DataFrame(cols))
+    return pd.concat(parts, ignore_index=True)

@@ -351,11 +351,32 @@ class BranchParams(_Block):
 class CmplParams(_Block):
     rounds: int = Field(1, ge=0)
     source: Literal["others", "all"] = "others"
-    threshold: float = Field(0.8, ge=0, le=1)
+    # a confidence in [0, 1], or fit: per-class thresholds fitted on validation
+    threshold: Union[float, Literal["fit"]] = "fit"
+    target_precision: float = Field(0.9, gt=0, le=1)
+    min_support: int = Field(5, ge=1)
     min_agree: int = Field(2, ge=1)
+    selection: Literal["balanced", "confidence"] = "balanced"
+    quota: float = Field(2.0, ge=1)
     max_per_class: Optional[int] = Field(None, ge=1)
     class_fraction: Optional[float] = Field(0.5, gt=0)
     weights: Optional[dict[str, float]] = None
+    finetune: bool = False
+    finetune_epochs: int = Field(10, ge=1)
+    finetune_lr: float = Field(0.1, gt=0)
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold(cls, v):
+        if v == "fit":
+            return v
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError("Input should be a number in [0, 1] or 'fit'")
+        if v > 1:
+            raise ValueError("Input should be less than or equal to 1")
+        if not v >= 0:  # also NaN
+            raise ValueError("Input should be greater than or equal to 0")
+        return float(v)
 
 
 class FuseParams(_Block):

@@ -41,7 +41,7 @@ DEFAULTS = dict(epochs=10, batch_size=16, lr=1e-3, weight_decay=1e-4, optimizer=
                 channels_last=False, deterministic=True, sync_bn=True, class_weight="sqrt", ose_weight=0.1,
                 embed_dim=64, dropout=0.5, frames=32, motion=True,
                 model={}, weights=None, eval_batch_size=32, device="auto",
-                augment=None, render=None, test_flip=False)
+                augment=None, render=None, test_flip=False, init=None)
 
 
 @dataclass
@@ -393,6 +393,8 @@ def train_branch(branch: str, data: BranchData, cfg: dict, out_dir: str | Path,
     model = build_model(branch, data.num_classes, _input_channels(data, cfg),
                         embed_dim=cfg["embed_dim"], dropout=cfg["dropout"],
                         weights_path=cfg["weights"], **(cfg["model"] or {})).to(device)
+    if cfg["init"]:  # fine-tuning (CMPL): start from a whole checkpoint of this branch
+        model.load_state_dict(torch.load(cfg["init"], map_location="cpu", weights_only=True)["model"])
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     net = model

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from mgpipe import report
-from mgpipe.evaluate import coverage, evaluate_rounds
+from mgpipe.evaluate import clip_table, coverage, evaluate_rounds
 from mgpipe.io import read_manifest, read_skips, write_csv_atomic, write_json_atomic
 from mgpipe.metrics import predicted_classes
 from mgpipe.params import load_params
@@ -136,6 +136,7 @@ def main(argv=None) -> int:
     for i, c in enumerate(classes):
         table[f"p_{c}"] = np.round(probs[:, i], 5)
     write_csv_atomic(out / "predictions.csv", table)
+    write_csv_atomic(out / "test_by_clip.csv", clip_table(results, truth, test_ids, classes))
 
     known = truth >= 0
     write_json_atomic(out / "confusion.json", report.confusion_rows(truth[known], pred[known], classes))

@@ -4,17 +4,25 @@ validation subjects, write val/test logits and metrics.
 Reads params `train`, `loss` and `branches.<branch>` (what is trained) and `runtime` (how
 fast: launcher, device, loader workers; no stage depends on it). With
 `runtime.launcher: "torchrun --standalone --nproc_per_node 8"` the stage re-runs itself
-under that launcher (DDP on 8 GPUs; rank 0 writes). A killed run resumes from last.pt
-when rerun with the same params, data and code. CMPL rounds call this script with
-`--pseudo` (pseudo-labelled test clips join the training set).
+under that launcher (DDP on 8 GPUs; rank 0 writes). The run trains in a hidden folder
+beside its output (`models/train/.<branch>.work`) and moves it into place when it finishes:
+DVC deletes a stage's outputs before running it, the work folder survives, so a killed run
+resumes from its last.pt when rerun with the same params, data and code, and the output stays
+an ordinary one that DVC's run cache can restore (`dvc exp run` of a setting that only
+changes cmpl or fuse does not retrain). CMPL rounds call this script with `--pseudo`
+(pseudo-labelled test clips join the training set), and with `--init/--epochs/--lr-scale`
+to fine-tune the previous round's model.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
+import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +46,10 @@ def main(argv=None) -> int:
     ap.add_argument("--metrics", default=None, help="default: metrics/train/<branch>.json")
     ap.add_argument("--pseudo", default=None,
                     help="CSV of pseudo-labelled test clips (clip_id, label) to train on too (CMPL)")
+    ap.add_argument("--init", default=None,
+                    help="checkpoint (best.pt of this branch) to start from instead of scratch")
+    ap.add_argument("--epochs", type=int, default=None, help="override the branch's epochs")
+    ap.add_argument("--lr-scale", type=float, default=None, help="multiply the branch's lr")
     args = ap.parse_args(argv)
     params = load_params(args.params)
     if args.branch not in params.get("branches", {}):
@@ -56,7 +68,26 @@ def main(argv=None) -> int:
             ap.error(f"runtime.launcher: cannot run {cmd[0]!r} ({e.strerror}); install it or "
                      f"set runtime.launcher to python")
     return run_interruptible(f"train@{args.branch}", lambda: train(args, params),
-                             "its logits.npz is not written; rerun to resume from its last.pt")
+                             "its logits.npz is not written; rerun to resume from its last.pt "
+                             "(in the hidden .<branch>.work folder beside the output)")
+
+
+def work_dir(out: Path) -> Path:
+    """Where a run of output ``out`` trains until it finishes: ``<parent>/.<name>.work``
+    (ignored by git and DVC)."""
+    return out.parent / f".{out.name}.work"
+
+
+def move_into_place(work: Path, out: Path) -> None:
+    """The finished ``work`` folder becomes ``out`` (replacing an old one) by renames."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(work, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(work, out)
 
 
 def no_video_problem(input_path: str | Path) -> str:
@@ -94,6 +125,7 @@ def read_pseudo(path: str | Path, classes: list[str]) -> dict[str, int]:
 
 
 def train(args, params: dict) -> int:
+    started = time.time()
     out = Path(args.out or f"models/train/{args.branch}")
     metrics_path = Path(args.metrics or f"metrics/train/{args.branch}.json")
     manifest = read_manifest(Path(args.interim) / "manifest.csv")
@@ -113,6 +145,12 @@ def train(args, params: dict) -> int:
               + "; ".join(f"{len(v)} {s} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
                           for s, v in left_out.items()), flush=True)
     cfg = branch_config(params, args.branch)
+    if args.epochs is not None:
+        cfg["epochs"] = args.epochs
+    if args.lr_scale is not None:
+        cfg["lr"] = cfg["lr"] * args.lr_scale
+    if args.init:
+        cfg["init"] = str(args.init)
     bound_heap(data.modality)  # RSS that does not creep up batch after batch (see its docstring)
     rank = int(os.environ.get("RANK", 0))
     live = None
@@ -133,8 +171,11 @@ def train(args, params: dict) -> int:
           f"{len(data.test_ids)} test clips, {data.num_classes} classes", flush=True)
     script = Path(__file__).resolve()
     code = code_fingerprint(stage_code(script))  # a resumed run has the same code
+    if args.init:  # the starting model is part of what a resumed run must match
+        code += hashlib.sha1(Path(args.init).read_bytes()).hexdigest()
+    work = work_dir(out)
     try:
-        best = train_branch(args.branch, data, cfg, out, on_epoch=log_epoch if live else None,
+        best = train_branch(args.branch, data, cfg, work, on_epoch=log_epoch if live else None,
                             tag=code)
     except FloatingPointError as e:
         print(f"train@{args.branch}: error: {e}", file=sys.stderr)
@@ -143,6 +184,7 @@ def train(args, params: dict) -> int:
         print(f"train@{args.branch}: error: {e}", file=sys.stderr)
         return 2
     if rank == 0:
+        move_into_place(work, out)
         live.end()
         # DVCLive's own summary holds the last epoch; ours (below) holds the best one.
         (metrics_path.with_suffix("") / "metrics.json").unlink(missing_ok=True)
@@ -157,6 +199,8 @@ def train(args, params: dict) -> int:
         print(f"train@{args.branch}: val macro-F1 {val['macro_f1']:.3f} (chance "
               f"{chance['chance_mean']:.3f}, 95th percentile {chance['chance_p95']:.3f}, "
               f"p = {chance['p_value']:.4f})", flush=True)
+        if not args.pseudo:  # the time `mgpipe ablate` counts as saved when DVC restores it
+            print(f"train@{args.branch}: finished in {time.time() - started:.1f} s", flush=True)
     return 0
 
 

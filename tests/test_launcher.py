@@ -20,7 +20,7 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 SMALL = {
     "synth": {"subjects": 5, "test_subjects": 1, "val_subjects": 1, "clips_per_subject": 8,
               "classes": 10, "imbalance": 2, "frames": 16},
-    "cmpl": {"source": "all", "threshold": 0.0, "min_agree": 1, "class_fraction": None},
+    "cmpl": {"source": "all", "threshold": 0.0, "min_agree": 1, "class_fraction": None, "selection": "confidence"},
 }
 
 
@@ -86,7 +86,8 @@ def test_killed_train_stage_resumes_from_last_checkpoint(project):
                          env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while not (out / "last.pt").exists() and time.monotonic() < deadline and p.poll() is None:
+    while not (project / ".resume.work" / "last.pt").exists() and time.monotonic() < deadline \
+            and p.poll() is None:
         time.sleep(0.05)
     p.send_signal(signal.SIGKILL)  # no clean-up at all
     p.wait()

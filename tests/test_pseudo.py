@@ -6,7 +6,8 @@ import inspect
 import numpy as np
 import pytest
 
-from mgpipe.pseudo import pseudo_label_report, select_pseudo_labels
+from mgpipe.pseudo import (fit_class_thresholds, pseudo_label_report, select_pseudo_labels,
+                           source_probs)
 
 
 def P(*rows):
@@ -138,3 +139,132 @@ def test_skipped_clips_neither_vote_nor_get_selected():
     assert sorted(idx.tolist()) == [0, 1, 2]
     idx, _, _ = select_pseudo_labels(probs, "c", "others", threshold=0.5, min_agree=3)
     assert idx.tolist() == []
+
+
+# ---- cmpl.threshold: fit (per-class thresholds fitted on validation) -----------------------
+
+def test_fit_class_thresholds_by_hand():
+    # class 0: conf 0.95 right, 0.9 right, 0.85 wrong, 0.8 right (4 clips)
+    # class 1: conf 0.99 wrong, 0.7 right (2 clips); class 2: no clip
+    # left out: an unknown label (would be a wrong 0.99 of class 0) and a NaN confidence
+    conf = np.array([0.95, 0.9, 0.85, 0.8, 0.99, 0.7, 0.99, np.nan])
+    pred = np.array([0, 0, 0, 0, 1, 1, 0, -1])
+    labels = np.array([0, 0, 1, 0, 0, 1, -1, 0])
+    fit = lambda target, support: fit_class_thresholds(conf, pred, labels, 3, target, support)
+    # class 0 at 0.75: precision 1/1, 2/2, 2/3 (no), 3/4 = 0.75 (yes) -> the lowest is 0.8,
+    # even though t = 0.85 misses the target. Pooled, sorted 0.99 w, 0.95, 0.9, 0.85 w, 0.8,
+    # 0.7: 0/1, 1/2, 2/3, 2/4, 3/5, 4/6, never 0.75 -> inf for classes 1 and 2 (< 3 clips)
+    np.testing.assert_array_equal(fit(0.75, 3), [0.8, np.inf, np.inf])
+    # at 0.6 the pooled precisions 2/3 (0.9), 3/5 (0.8), 4/6 (0.7) pass: the lowest is 0.7
+    np.testing.assert_array_equal(fit(0.6, 3), [0.8, 0.7, 0.7])
+    # min_support 5: class 0's 4 clips are too few, every class takes the pooled threshold
+    np.testing.assert_array_equal(fit(0.6, 5), [0.7, 0.7, 0.7])
+    # at 0.9 class 0 stops at 0.9 (2/2); at 1.0 too
+    assert fit(0.9, 3)[0] == 0.9 and fit(1.0, 3)[0] == 0.9
+    # min_support 1: class 1 fits on its own clips: 0/1 at 0.99, 1/2 at 0.7
+    np.testing.assert_array_equal(fit(0.5, 1), [0.8, 0.7, 0.7])
+    np.testing.assert_array_equal(fit(0.75, 1), [0.8, np.inf, np.inf])
+
+
+def test_fit_class_thresholds_ties_and_empty():
+    # a tie at 0.9 (one right, one wrong) is taken whole: 1/2, then 2/3 at 0.8
+    t = fit_class_thresholds(np.array([0.9, 0.9, 0.8]), np.array([0, 0, 0]),
+                             np.array([0, 1, 0]), 2, 0.9, 1)
+    np.testing.assert_array_equal(t, [np.inf, np.inf])
+    t = fit_class_thresholds(np.array([0.9, 0.9, 0.8]), np.array([0, 0, 0]),
+                             np.array([0, 1, 0]), 2, 0.6, 1)
+    assert t[0] == 0.8   # 2/3 >= 0.6; class 1 has no clip: pooled, the same set
+    # 9 right of 10 is exactly 0.9 (no float noise)
+    conf = np.linspace(0.99, 0.9, 10)
+    t = fit_class_thresholds(conf, np.zeros(10, int), np.r_[np.zeros(9, int), 1], 1, 0.9, 1)
+    assert t[0] == conf[-1]
+    empty = fit_class_thresholds(np.zeros(0), np.zeros(0, int), np.zeros(0, int), 2, 0.9, 5)
+    np.testing.assert_array_equal(empty, [np.inf, np.inf])
+    with pytest.raises(ValueError, match="shape"):
+        fit_class_thresholds(np.zeros(2), np.zeros(3, int), np.zeros(2, int), 2)
+
+
+def test_per_class_threshold_in_selection():
+    probs = {"a": P([0.85, 0.15], [0.75, 0.25], [0.2, 0.8], [0.05, 0.95], [np.nan, np.nan]),
+             "b": P([0.85, 0.15], [0.75, 0.25], [0.2, 0.8], [0.05, 0.95], [np.nan, np.nan])}
+    # source for "a" = b alone; the NaN clip has no class, so no threshold applies to it
+    sel = lambda t: select_pseudo_labels(probs, "a", threshold=np.array(t), min_agree=1)[0]
+    assert sel([0.8, 0.9]).tolist() == [3, 0]
+    assert sel([0.7, np.inf]).tolist() == [0, 1]            # inf: no pseudo-label of class 1
+    assert sel([0.0, 0.0]).tolist() == [3, 0, 2, 1]
+    assert sel(0.8).tolist() == sel([0.8, 0.8]).tolist() == [3, 0, 2]
+    with pytest.raises(ValueError, match="per-class threshold"):
+        sel([0.5, 0.5, 0.5])
+
+
+def test_source_probs_is_the_selection_source():
+    probs = {"a": P([0.5, 0.5]), "b": P([0.9, 0.1]), "c": P([0.3, 0.7])}
+    w = {"a": 100.0, "b": 3.0, "c": 1.0}
+    np.testing.assert_allclose(source_probs(probs, "a", "others", w), [[0.75, 0.25]])
+    np.testing.assert_allclose(source_probs(probs, "a", "all"), [[17 / 30, 13 / 30]])
+    _, _, conf = select_pseudo_labels(probs, "a", threshold=0.0, min_agree=1, weights=w)
+    assert conf[0] == pytest.approx(0.75)
+
+
+# ---- cmpl.selection: balanced vs confidence --------------------------------------------------
+
+def _row(k: int, p: float, c: int = 4) -> list[float]:
+    r = [(1 - p) / (c - 1)] * c
+    r[k] = p
+    return r
+
+
+# class 0: clips 0-6, class 1: 7-8, class 2: 9-11, class 3: clip 12 (below the threshold)
+_CLASSES = [(0, [0.91, 0.99, 0.95, 0.97, 0.93, 0.92, 0.6]), (1, [0.8, 0.7]),
+            (2, [0.9, 0.85, 0.75]), (3, [0.4])]
+_ROWS = [_row(k, p) for k, ps in _CLASSES for p in ps]
+# confidence order: 1 (0.99), 3, 2, 4, 5, 0, 9 (0.9), 10, 7 (0.8), 11, 8 (0.7), 6 (0.6)
+
+
+def _select(**kw):
+    probs = {"a": P(*_ROWS), "b": P(*_ROWS)}
+    return select_pseudo_labels(probs, "a", threshold=0.5, **kw)
+
+
+def test_balanced_quota_by_hand():
+    # passing: class 0 seven, class 1 two (the rarest with any), class 2 three, class 3 none
+    sel = lambda **kw: _select(selection="balanced", **kw)[0].tolist()
+    assert sel(quota=2.0) == [1, 3, 2, 4, 9, 10, 7, 11, 8]     # cap ceil(2 * 2) = 4
+    assert sel(quota=1.0) == [1, 3, 9, 10, 7, 8]               # cap 2
+    assert sel(quota=1.3) == [1, 3, 2, 9, 10, 7, 11, 8]        # cap ceil(2.6) = 3
+    assert sel(quota=1.5) == sel(quota=1.3)                    # ceil(3.0) = 3, not 4
+    assert sel(quota=2.0, max_per_class=3) == sel(quota=1.3)   # max_per_class still applies
+    assert sel(quota=100.0) == [1, 3, 2, 4, 5, 0, 9, 10, 7, 11, 8, 6]
+    # clip 8 not a candidate: class 1 has one passing clip -> cap ceil(2 * 1) = 2
+    cand = np.ones(len(_ROWS), bool)
+    cand[8] = False
+    assert sel(quota=2.0, candidates=cand) == [1, 3, 9, 10, 7]
+    # class_fraction is the confidence selection's cap: ignored here (and needs no counts)
+    assert sel(quota=2.0, class_fraction=0.1) == sel(quota=2.0)
+    # nothing passes: nothing selected
+    probs = {"a": P(*_ROWS), "b": P(*_ROWS)}
+    assert select_pseudo_labels(probs, "a", threshold=0.999, selection="balanced")[0].size == 0
+    with pytest.raises(ValueError, match="selection"):
+        _select(selection="fair")
+
+
+def test_confidence_selection_is_the_old_rule():
+    counts = np.array([4, 10, 2, 0])
+    # caps ceil(0.5 * counts) = [2, 5, 1, 0]
+    idx, lab, _ = _select(selection="confidence", class_fraction=0.5, train_counts=counts)
+    assert idx.tolist() == [1, 3, 9, 7, 8] and lab.tolist() == [0, 0, 2, 1, 1]
+    default = _select(class_fraction=0.5, train_counts=counts)  # the function's default
+    for x, y in zip(default, _select(selection="confidence", class_fraction=0.5,
+                                     train_counts=counts)):
+        np.testing.assert_array_equal(x, y)
+    assert _select(selection="confidence")[0].tolist() == [1, 3, 2, 4, 5, 0, 9, 10, 7, 11, 8, 6]
+    assert _select(selection="confidence", max_per_class=1)[0].tolist() == [1, 9, 7]
+
+
+def test_no_selection_function_takes_test_labels():
+    for f in (select_pseudo_labels, source_probs):
+        params = inspect.signature(f).parameters
+        assert not any("label" in p or "hidden" in p or p == "y" for p in params), f
+    # only the threshold fit sees labels, and they are named as validation labels
+    assert [p for p in inspect.signature(fit_class_thresholds).parameters if "label" in p] \
+        == ["val_labels"]

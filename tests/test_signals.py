@@ -380,14 +380,16 @@ def test_sigterm_ends_a_training_stage_cleanly(tmp_path):
                           str(out), "--metrics", str(tmp_path / "m.json")],
                          cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
+    work = tmp_path / ".models.work"  # where it trains until it finishes
     deadline = time.monotonic() + WAIT
-    while not (out / "last.pt").exists() and time.monotonic() < deadline and p.poll() is None:
+    while not (work / "last.pt").exists() and time.monotonic() < deadline and p.poll() is None:
         time.sleep(0.1)
-    assert (out / "last.pt").exists(), p.communicate()
+    assert (work / "last.pt").exists(), p.communicate()
     time.sleep(0.3)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=WAIT)
     assert p.returncode == 143, err
     assert "train@stcnn: interrupted by SIGTERM; its logits.npz is not written" in err
     assert "Traceback" not in err
-    assert sorted(x.name for x in out.iterdir()) in (["best.pt", "last.pt"], ["last.pt"])
+    assert sorted(x.name for x in work.iterdir()) in (["best.pt", "last.pt"], ["last.pt"])
+    assert not out.exists()  # the output appears only when the run finishes

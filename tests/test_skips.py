@@ -27,7 +27,7 @@ SMALL = {
               "classes": 10, "imbalance": 3, "frames": 16},
     "runtime": {"crop_workers": 1},
     "branches": {b: {"epochs": 2} for b in ("stcnn", "posec3d", "r2plus1d", "swin3d")},
-    "cmpl": {"threshold": 0.0, "min_agree": 1, "class_fraction": None},  # every clip qualifies
+    "cmpl": {"threshold": 0.0, "min_agree": 1, "class_fraction": None, "selection": "confidence"},  # every clip qualifies
 }
 
 

@@ -216,7 +216,7 @@ E2E = {
     "dataset": {"name": "imigue", "root": "data/raw/synth"},
     "rgb": {"frames": 4, "size": 32},
     "heatmaps": {"frames": 8, "size": [16, 16]},
-    "cmpl": {"rounds": 1, "threshold": 0.0, "min_agree": 1, "class_fraction": None},
+    "cmpl": {"rounds": 1, "threshold": 0.0, "min_agree": 1, "class_fraction": None, "selection": "confidence"},
 }
 
 
