@@ -474,8 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("grid", nargs="?", default="ablations.yaml", help="grid file (default: %(default)s)")
     ap.add_argument("-j", "--jobs", type=int, default=1, help="experiments at a time (queue workers)")
     ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads per experiment (default: cores // jobs). Results are "
-                         "bit-identical only for the same thread count")
+                    help="OMP threads per experiment (default: cores // jobs); training "
+                         "itself uses train.cpu_threads unless that is 0")
     ap.add_argument("--only", nargs="+", metavar="SETTING", help="run only these settings")
     ap.add_argument("--seeds", type=int, nargs="+", help="seeds instead of the grid's")
     ap.add_argument("--collect", action="store_true", help="run nothing; tables from what is finished")

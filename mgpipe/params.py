@@ -271,6 +271,10 @@ class TrainParams(_Block):
     amp: bool = True
     deterministic: bool = True
     sync_bn: bool = True
+    # CPU numerics: results differ with the thread count and with the instruction set the
+    # kernels pick (bench/determinism.py), so both are pinned unless set to 0 / false
+    cpu_threads: int = Field(1, ge=0)
+    portable_kernels: bool = True
 
 
 class RuntimeParams(_Block):

@@ -41,7 +41,8 @@ DEFAULTS = dict(epochs=10, batch_size=16, lr=1e-3, weight_decay=1e-4, optimizer=
                 channels_last=False, deterministic=True, sync_bn=True, class_weight="sqrt", ose_weight=0.1,
                 embed_dim=64, dropout=0.5, frames=32, motion=True,
                 model={}, weights=None, eval_batch_size=32, device="auto",
-                augment=None, render=None, test_flip=False, init=None)
+                augment=None, render=None, test_flip=False, init=None, cpu_threads=0,
+                portable_kernels=False)
 
 
 @dataclass
@@ -366,6 +367,8 @@ def train_branch(branch: str, data: BranchData, cfg: dict, out_dir: str | Path,
     if device.type == "cuda":
         torch.cuda.set_device(device)
     distributed.init(device)
+    if cfg["cpu_threads"]:  # results depend on it (stages/train.py also pins the kernels)
+        torch.set_num_threads(int(cfg["cpu_threads"]))
     torch.manual_seed(cfg["seed"])
     np.random.seed(cfg["seed"])
     random.seed(cfg["seed"])

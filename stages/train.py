@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import json
 import os
+import platform
 import shlex
 import shutil
 import sys
@@ -58,6 +59,11 @@ def main(argv=None) -> int:
     if problem:
         print(f"train@{args.branch}: error: {problem}", file=sys.stderr)
         return 2
+    env = kernel_env(params["train"])
+    if any(os.environ.get(k) != v for k, v in env.items()):  # torch reads them at import
+        script = str(Path(__file__).resolve())
+        os.execve(sys.executable, [sys.executable, script, *(sys.argv[1:] if argv is None else argv)],
+                  {**os.environ, **env})
     launcher = launch_command(params["runtime"]["launcher"])
     if launcher and not os.environ.get("MGPIPE_LAUNCHED"):  # re-run under the launcher
         cmd = launcher + [str(Path(__file__).resolve())] + list(sys.argv[1:] if argv is None else argv)
@@ -88,6 +94,20 @@ def move_into_place(work: Path, out: Path) -> None:
         shutil.rmtree(old)
     else:
         os.replace(work, out)
+
+
+def kernel_env(train: dict) -> dict[str, str]:
+    """Environment that makes CPU training compute the same bits on any machine (with the
+    same torch build): ``train.cpu_threads`` threads (0: leave torch's default, one per core)
+    and, with ``train.portable_kernels`` on x86, ATen and oneDNN held to AVX2 kernels and MKL
+    to its vendor-independent code path. bench/determinism.py measures each factor."""
+    env = {}
+    threads = int(train.get("cpu_threads", 1))
+    if threads > 0:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if train.get("portable_kernels", True) and platform.machine().lower() in ("x86_64", "amd64"):
+        env.update(ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2", MKL_CBWR="COMPATIBLE")
+    return env
 
 
 def no_video_problem(input_path: str | Path) -> str:
@@ -167,8 +187,12 @@ def train(args, params: dict) -> int:
             live.log_metric(f"val/{k}", m[k])
         live.next_step()
 
+    import torch
+
     print(f"train@{args.branch}: {len(data.train_ids)} train, {len(data.val_ids)} val, "
-          f"{len(data.test_ids)} test clips, {data.num_classes} classes", flush=True)
+          f"{len(data.test_ids)} test clips, {data.num_classes} classes; CPU: "
+          f"{torch.get_num_threads()} thread(s), kernels {os.environ.get('ATEN_CPU_CAPABILITY', 'native')}",
+          flush=True)
     script = Path(__file__).resolve()
     code = code_fingerprint(stage_code(script))  # a resumed run has the same code
     if args.init:  # the starting model is part of what a resumed run must match

@@ -94,8 +94,32 @@ def test_killed_train_stage_resumes_from_last_checkpoint(project):
     log = _run(project, "stages/train.py", "--branch", "stcnn", "--out", str(out),
                "--metrics", str(project / "resume_metrics.json"))
     assert "resuming after epoch" in log, log[-2000:]
+    import platform  # the stage ran with train.cpu_threads and train.portable_kernels applied
+    kernels = "avx2" if platform.machine().lower() in ("x86_64", "amd64") else "native"
+    assert f"CPU: 1 thread(s), kernels {kernels}" in log, log[-2000:]
     whole = project / "whole"
     _run(project, "stages/train.py", "--branch", "stcnn", "--out", str(whole),
          "--metrics", str(project / "whole_metrics.json"))
     a, b = np.load(out / "logits.npz"), np.load(whole / "logits.npz")
     assert np.array_equal(a["test_logits"], b["test_logits"])
+
+
+def _stage_train():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("stage_train", ROOT / "stages/train.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    return stage
+
+
+def test_kernel_env_pins_threads_and_instruction_set(monkeypatch):
+    stage = _stage_train()
+    monkeypatch.setattr(stage.platform, "machine", lambda: "x86_64")
+    assert stage.kernel_env({"cpu_threads": 1, "portable_kernels": True}) == {
+        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE"}
+    assert stage.kernel_env({"cpu_threads": 0, "portable_kernels": False}) == {}
+    monkeypatch.setattr(stage.platform, "machine", lambda: "aarch64")  # x86 settings only
+    assert stage.kernel_env({"cpu_threads": 4, "portable_kernels": True}) == {
+        "OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}
