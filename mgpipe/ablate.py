@@ -10,10 +10,10 @@ test clips against the setting's reference (the baseline unless the grid says ot
 
 Resuming: an experiment already finished from the same code as HEAD (dvc.yaml and every file
 its stages depend on), with the params the grid asks for, is reused;
-one queued or running (from an interrupted run of this command) is waited for. Waves: the
-settings that change training run first, then those that change only ``cmpl``, then only
-``fuse``: DVC's run cache then restores the trainings a later setting shares instead of
-rerunning them.
+one queued or running (from an interrupted run of this command) is waited for. Order: the
+baseline and the settings that retrain first; a setting that changes only ``cmpl`` or
+``fuse`` is queued once its seed's baseline has finished, so DVC's run cache restores the
+trainings it shares instead of rerunning them.
 """
 from __future__ import annotations
 
@@ -196,14 +196,13 @@ def plan(grid: Grid, params: dict) -> list[Planned]:
     return out
 
 
-def waves(planned: list[Planned], baseline: str) -> list[list[Planned]]:
-    """Experiments grouped so that each wave's trainings are in the run cache for the next:
-    [baseline + settings that retrain, settings changing cmpl, settings changing fuse]."""
-    groups: dict[int, list[Planned]] = {0: [], 1: [], 2: []}
-    for p in planned:
-        lv = "train" if p.setting.name == baseline else level(p.setting)
-        groups[{"train": 0, "cmpl": 1, "fuse": 2}[lv]].append(p)
-    return [g for g in groups.values() if g]
+def prerequisites(planned: list[Planned], baseline: str) -> dict[str, str]:
+    """name -> the experiment whose trainings (and CMPL rounds) it reuses from DVC's run
+    cache: a setting that changes only cmpl or fuse waits for the baseline of its seed.
+    Settings that retrain wait for nothing."""
+    base = {p.seed: p.name for p in planned if p.setting.name == baseline}
+    return {p.name: base[p.seed] for p in planned
+            if p.setting.name != baseline and level(p.setting) != "train" and p.seed in base}
 
 
 # ---- git and DVC ------------------------------------------------------------------------------
@@ -287,34 +286,52 @@ def dvc_env(threads: int) -> dict:
                 DVC_NO_ANALYTICS="1")
 
 
-def run_wave(repo: Path, wave: list[Planned], jobs: int, env: dict, log=print,
-             poll: float = 10.0) -> dict[str, str]:
-    """Queue the wave's experiments (those not queued or running already), start ``jobs``
-    workers and wait until none of them is queued or running. Returns name -> final status."""
+def run_experiments(repo: Path, todo: list[Planned], baseline: str, jobs: int, env: dict,
+                    log=print, poll: float = 10.0) -> dict[str, str]:
+    """Queue ``todo`` (in order) with ``dvc exp run --queue`` and run it with ``jobs`` queue
+    workers, keeping at most ``jobs`` experiments queued or running so the order holds, and
+    queueing a setting that reuses its seed's baseline trainings only once that baseline has
+    finished (its stages are then in the run cache). An experiment already queued or
+    running (an interrupted earlier call) is waited for, not queued again.
+    Returns name -> final queue status (Success, Failed, ...)."""
+    deps = prerequisites(todo, baseline)
+    names = {p.name for p in todo}
     states = queue_states(repo, env)
-    for p in wave:
-        if states.get(p.name) in ("Queued", "Running"):
-            log(f"ablate: {p.name} is already {states[p.name].lower()}; waiting for it")
-            continue
-        cmd = ["dvc", "exp", "run", "--queue", "-n", p.name]
-        for o in p.overrides:
-            cmd += ["-S", o]
-        q = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
-        if q.returncode:
-            raise RuntimeError(f"{' '.join(cmd)} failed: {q.stderr.strip() or q.stdout.strip()}")
-    subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=repo, env=env,
-                   capture_output=True, text=True, check=True)
-    names = {p.name for p in wave}
+    submitted = {n for n in names if states.get(n) in ("Queued", "Running")}
+    for n in sorted(submitted):
+        log(f"ablate: {n} is already {states[n].lower()}; waiting for it")
+    pending = [p for p in todo if p.name not in submitted]
     last = None
     while True:
         states = queue_states(repo, env)
-        pending = sorted(n for n in names if states.get(n) in ("Queued", "Running"))
-        done = len(names) - len(pending)
+        active = {n for n in submitted if states.get(n) in ("Queued", "Running")}
+        finished = submitted - active
+        queued_now = False
+        for p in list(pending):
+            if len(active) >= jobs:
+                break
+            if deps.get(p.name) in names and deps[p.name] not in finished:
+                continue  # its baseline is still training: wait, then restore from the cache
+            cmd = ["dvc", "exp", "run", "--queue", "-n", p.name]
+            for o in p.overrides:
+                cmd += ["-S", o]
+            q = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+            if q.returncode:
+                raise RuntimeError(f"{' '.join(cmd)} failed: {q.stderr.strip() or q.stdout.strip()}")
+            pending.remove(p)
+            submitted.add(p.name)
+            active.add(p.name)
+            queued_now = True
+        if queued_now:  # workers stop when the queue is empty; this starts missing ones only
+            subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=repo, env=env,
+                           capture_output=True, text=True, check=True)
+        done = len(finished)
         if done != last:
-            log(f"ablate: {done}/{len(names)} experiments of this wave done"
-                + (f"; running or queued: {', '.join(pending[:6])}" if pending else ""))
+            log(f"ablate: {done}/{len(names)} experiments done"
+                + (f"; running or queued: {', '.join(sorted(active))}" if active else ""),
+                flush=True)
             last = done
-        if not pending:
+        if not pending and not active:
             return {n: states.get(n, "unknown") for n in names}
         time.sleep(poll)
 
@@ -529,10 +546,8 @@ def main(argv: list[str] | None = None) -> int:
             print("mgpipe ablate: error: tracked files have uncommitted changes; commit them "
                   "first so every experiment starts from one commit:\n" + dirty, file=sys.stderr)
             return 2
-        for i, wave in enumerate(waves(todo, grid.baseline), 1):
-            print(f"ablate: wave {i}: {len(wave)} experiments, {jobs} at a time, {threads} "
-                  f"thread(s) each", flush=True)
-            statuses.update(run_wave(repo, wave, jobs, env))
+        print(f"ablate: {jobs} experiment(s) at a time", flush=True)
+        statuses.update(run_experiments(repo, todo, grid.baseline, jobs, env))
         found = finished_experiments(repo, planned)
     wall = time.time() - started
     failed = sorted(n for n in statuses if n not in found)

@@ -15,7 +15,7 @@ from conftest import copy_project
 from sklearn.metrics import f1_score
 
 from mgpipe.ablate import (GridError, Setting, apply_overrides, level, load_grid, markdown_table,
-                           override_args, plan, waves)
+                           override_args, plan, prerequisites)
 from mgpipe.stats import macro_f1_rows, paired_bootstrap, seed_spread
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def test_overrides_as_dvc_applies_them():
                                      "fuse.temperature": False, "loss.ose_weight": 0.0}[k]
 
 
-def test_levels_and_waves(tmp_path):
+def test_levels_order_and_prerequisites(tmp_path):
     assert level(Setting("x", {"fuse.weights": "fit"})) == "fuse"
     assert level(Setting("x", {"cmpl.rounds": 2, "fuse.temperature": False})) == "cmpl"
     assert level(Setting("x", {"loss.ose_weight": 0.0, "cmpl.rounds": 0})) == "train"
@@ -132,9 +132,12 @@ prefix: t
     planned = plan(g, {"train": {"seed": 0}})
     assert planned[0].name == "t-base-s0" and planned[0].overrides == ["train.seed=0"]
     assert planned[0].params == {"train": {"seed": 0}}
-    assert [[p.name for p in w] for w in waves(planned, "base")] == [
-        ["t-base-s0", "t-base-s1", "t-noose-s0", "t-noose-s1"], ["t-two-s0", "t-two-s1"],
-        ["t-fit-s0", "t-fit-s1"]]
+    # baseline first, then what retrains, then cmpl-only, then fuse-only settings
+    assert [p.name for p in planned] == ["t-base-s0", "t-base-s1", "t-noose-s0", "t-noose-s1",
+                                         "t-two-s0", "t-two-s1", "t-fit-s0", "t-fit-s1"]
+    # what reuses a baseline's trainings waits for that seed's baseline
+    assert prerequisites(planned, "base") == {"t-two-s0": "t-base-s0", "t-two-s1": "t-base-s1",
+                                              "t-fit-s0": "t-base-s0", "t-fit-s1": "t-base-s1"}
 
 
 def test_markdown_table_rows():
