@@ -281,9 +281,12 @@ def queue_states(repo: Path, env: dict) -> dict[str, str]:
 
 
 def dvc_env(threads: int) -> dict:
-    """Environment of the queue workers: ``threads`` per experiment, no analytics pings."""
-    return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-                DVC_NO_ANALYTICS="1")
+    """Environment of dvc and the queue workers: this interpreter's bin folder first on PATH
+    (dvc, and the `python` the stages run, from the same environment), ``threads`` OMP
+    threads per experiment, no analytics pings."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return dict(os.environ, PATH=path, OMP_NUM_THREADS=str(threads),
+                MKL_NUM_THREADS=str(threads), DVC_NO_ANALYTICS="1")
 
 
 def run_experiments(repo: Path, todo: list[Planned], baseline: str, jobs: int, env: dict,
