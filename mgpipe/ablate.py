@@ -337,8 +337,10 @@ def run_experiments(repo: Path, todo: list[Planned], baseline: str, jobs: int, e
             active.add(p.name)
             queued_now = True
         if queued_now:  # workers stop when the queue is empty; this starts missing ones only
+            # no pipes: the detached workers would inherit them and hold this call until they
+            # exit, so nothing new would be queued while they run
             subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=repo, env=env,
-                           capture_output=True, text=True, check=True)
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
         done = len(finished)
         if done != last:
             log(f"ablate: {done}/{len(names)} experiments done"
