@@ -99,28 +99,45 @@ def test_keypoint_format_follows_the_bundle_unless_told():
 STCNN_MODEL = {"channels": [8], "strides": [1]}
 
 
-def _tiny_bundle(tmp_path: Path, classes=CLASSES) -> Path:
-    """models/predict for one tiny ST-CNN (random weights), written by write_bundle from a
-    round-1 folder as models/cmpl holds it."""
+POSEC3D_MODEL = {"base_channels": 4, "stage_blocks": [1], "inflate": [0], "spatial_strides": [1],
+                 "temporal_strides": [1], "block": "basic", "stem_stride": 2}
+HEATMAPS = {"mode": "limb", "sigma": 0.8, "frames": 8, "size": [16, 16]}
+
+
+def _tiny_bundle(tmp_path: Path, classes=CLASSES, posec3d: str | None = None) -> Path:
+    """models/predict for a tiny ST-CNN (random weights) and, with ``posec3d`` = "stored" or
+    "render", a tiny PoseC3D on limb heatmaps (read as the heatmaps stage stores them, or
+    drawn from the keypoints), written by write_bundle from a round-1 folder as models/cmpl
+    holds it."""
+    from mgpipe import layout
     from mgpipe.models import build_model
     from mgpipe.train import DEFAULTS
 
     torch.manual_seed(0)
-    model = build_model("stcnn", len(classes), 5, embed_dim=8, dropout=0.0, **STCNN_MODEL)
-    cfg = {**DEFAULTS, "embed_dim": 8, "dropout": 0.0, "frames": 8, "model": STCNN_MODEL}
-    rdir = tmp_path / "cmpl" / "round1" / "stcnn"
-    rdir.mkdir(parents=True)
-    torch.save({"branch": "stcnn", "config": cfg, "num_classes": len(classes),
-                "modality": "joints", "epoch": 0, "model": model.state_dict()}, rdir / "best.pt")
-    rounds = {"rounds": 1, "branches": ["stcnn"],
-              "logits": {"0": {"stcnn": "models/train/stcnn/logits.npz"},
-                         "1": {"stcnn": str(rdir / "logits.npz")}}}
-    params = validate_params({"branches": {"stcnn": {"input": "data/interim/keypoints.h5",
-                                                     "frames": 8, "model": STCNN_MODEL}}})
-    out = write_bundle(tmp_path / "models" / "predict", list(classes), rounds,
-                       {"temperature": {"stcnn": 1.7}, "weight": {"stcnn": 1.0},
-                        "fallback": None}, {"stcnn": False}, params)
-    return out
+    specs = {"stcnn": (5, {"frames": 8, "model": STCNN_MODEL}, {})}
+    if posec3d:
+        render = {**HEATMAPS, "margin": 0.1} if posec3d == "render" else None
+        specs["posec3d"] = (len(layout.BONES), {"model": POSEC3D_MODEL, "test_flip": True},
+                            {"render": render})
+    rounds = {"rounds": 1, "branches": list(specs), "logits": {"0": {}, "1": {}}}
+    branches = {}
+    for b, (channels, block, extra) in specs.items():
+        model = build_model(b, len(classes), channels, embed_dim=8, dropout=0.0, **block["model"])
+        cfg = {**DEFAULTS, "embed_dim": 8, "dropout": 0.0, **block, **extra}
+        rdir = tmp_path / "cmpl" / "round1" / b
+        rdir.mkdir(parents=True)
+        torch.save({"branch": b, "config": cfg, "num_classes": len(classes),
+                    "modality": bundle_mod.MODALITY_OF[b], "epoch": 0,
+                    "model": model.state_dict()}, rdir / "best.pt")
+        rounds["logits"]["0"][b] = f"models/train/{b}/logits.npz"
+        rounds["logits"]["1"][b] = str(rdir / "logits.npz")
+        branches[b] = {"input": "data/interim/keypoints.h5", **block, **extra}
+    params = validate_params({"branches": branches, "heatmaps": HEATMAPS})
+    temps = {"stcnn": 1.7, "posec3d": 0.8}
+    return write_bundle(tmp_path / "models" / "predict", list(classes), rounds,
+                        {"temperature": {b: temps[b] for b in specs},
+                         "weight": {b: 1 / len(specs) for b in specs}, "fallback": None},
+                        {b: False for b in specs}, params)
 
 
 def test_write_bundle_layout_and_content(tmp_path):
@@ -239,6 +256,23 @@ def test_cli_predicts_skips_bad_inputs_and_reports_bundle_errors(tmp_path, capsy
     assert "bundle format version 99" in capsys.readouterr().err
 
 
+def test_heatmaps_drawn_by_the_branch_equal_the_stored_ones(tmp_path):
+    """branches.posec3d.render: the branch draws its heatmaps from the keypoints; with the
+    heatmaps stage's settings that is the stage's volume, so both bundles predict alike
+    (limb channels, test_flip with the bone swap)."""
+    clip = _keypoints(tmp_path / "k.npy", frames=20)
+    got = {}
+    for how in ("stored", "render"):
+        folder = _tiny_bundle(tmp_path / how, posec3d=how)
+        assert main([str(clip), "--out", str(tmp_path / how / "out"), "--models", str(folder),
+                     "--no-progress"]) == 0
+        got[how] = pd.read_csv(tmp_path / how / "out/predictions.csv", keep_default_na=False)
+        timing = pd.read_csv(tmp_path / how / "out/timing.csv")
+        assert (timing.heatmaps_s > 0).all() == (how == "stored")
+    assert got["stored"].equals(got["render"])
+    assert got["stored"].posec3d_1.iloc[0] in CLASSES
+
+
 def test_mgpipe_help_without_the_stage_scripts(tmp_path):
     """A non-editable install has no stages/ folder: --help still works, and predict is there."""
     import shutil
@@ -251,6 +285,12 @@ def test_mgpipe_help_without_the_stage_scripts(tmp_path):
     p = subprocess.run([sys.executable, "-m", "mgpipe", "crop"], cwd=tmp_path, env=env,
                        capture_output=True, text=True)
     assert p.returncode == 2 and "no stage scripts" in p.stderr
+    folder = _tiny_bundle(tmp_path / "trained")  # and predict runs from the package alone
+    p = subprocess.run([sys.executable, "-m", "mgpipe", "predict", str(_keypoints(tmp_path / "k.npy")),
+                        "--out", "out", "--models", str(folder), "--no-progress"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert pd.read_csv(tmp_path / "out/predictions.csv")["clip"].tolist() == ["k"]
 
 
 # ---- end to end: the pipeline's own test predictions, from the bundle alone ------------------
