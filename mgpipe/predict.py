@@ -372,8 +372,11 @@ def filtered_stderr():
     os.close(write)
 
     def emit(data: bytes) -> None:
-        while data:
-            data = data[os.write(saved, data):]
+        try:
+            while data:
+                data = data[os.write(saved, data):]
+        except OSError:  # our stderr is gone: keep draining the pipe
+            pass
 
     def pump() -> None:
         rest = b""
