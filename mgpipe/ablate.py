@@ -177,8 +177,11 @@ def level(setting: Setting) -> str:
 
 
 def plan(grid: Grid, params: dict) -> list[Planned]:
-    """Every (setting, seed) experiment of the grid, baseline first, in wave order."""
-    order = {"train": 0, "cmpl": 1, "fuse": 2}
+    """Every (setting, seed) experiment of the grid in the order they run: the baseline, the
+    settings that retrain, then those changing only fuse (cheap: everything before fuse
+    comes from the run cache), then those changing cmpl (each may retrain in CMPL rounds);
+    grid order within each group."""
+    order = {"train": 0, "fuse": 1, "cmpl": 2}
     settings = sorted(grid.settings, key=lambda s: (s.name != grid.baseline, order[level(s)]))
     base = dict(grid.base_set)
     if grid.base_profile:

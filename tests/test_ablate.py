@@ -132,9 +132,9 @@ prefix: t
     planned = plan(g, {"train": {"seed": 0}})
     assert planned[0].name == "t-base-s0" and planned[0].overrides == ["train.seed=0"]
     assert planned[0].params == {"train": {"seed": 0}}
-    # baseline first, then what retrains, then cmpl-only, then fuse-only settings
+    # baseline first, then what retrains, then fuse-only (cheap), then cmpl-only settings
     assert [p.name for p in planned] == ["t-base-s0", "t-base-s1", "t-noose-s0", "t-noose-s1",
-                                         "t-two-s0", "t-two-s1", "t-fit-s0", "t-fit-s1"]
+                                         "t-fit-s0", "t-fit-s1", "t-two-s0", "t-two-s1"]
     # what reuses a baseline's trainings waits for that seed's baseline
     assert prerequisites(planned, "base") == {"t-two-s0": "t-base-s0", "t-two-s1": "t-base-s1",
                                               "t-fit-s0": "t-base-s0", "t-fit-s1": "t-base-s1"}
