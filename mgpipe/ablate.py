@@ -293,13 +293,15 @@ def dvc_env(threads: int) -> dict:
 
 
 def run_experiments(repo: Path, todo: list[Planned], baseline: str, jobs: int, env: dict,
-                    log=print, poll: float = 10.0) -> dict[str, str]:
+                    log=print, poll: float = 10.0, stop_at: float | None = None) -> dict[str, str]:
     """Queue ``todo`` (in order) with ``dvc exp run --queue`` and run it with ``jobs`` queue
     workers, keeping at most ``jobs`` experiments queued or running so the order holds, and
     queueing a setting that reuses its seed's baseline trainings only once that baseline has
     finished (its stages are then in the run cache). An experiment already queued or
     running (an interrupted earlier call) is waited for, not queued again.
-    Returns name -> final queue status (Success, Failed, ...)."""
+    After ``stop_at`` (a time.time() value) nothing new is queued: the running ones finish
+    and the rest is left for the next call. Returns name -> final queue status (Success,
+    Failed, ...) of the experiments it queued or waited for."""
     deps = prerequisites(todo, baseline)
     names = {p.name for p in todo}
     states = queue_states(repo, env)
@@ -313,6 +315,12 @@ def run_experiments(repo: Path, todo: list[Planned], baseline: str, jobs: int, e
         active = {n for n in submitted if states.get(n) in ("Queued", "Running")}
         finished = submitted - active
         queued_now = False
+        if stop_at is not None and time.time() > stop_at and pending:
+            log(f"ablate: --stop-after reached; {len(pending)} experiments left for the next "
+                f"call: {', '.join(p.name for p in pending[:6])}{' ...' if len(pending) > 6 else ''}",
+                flush=True)
+            names -= {p.name for p in pending}
+            pending = []
         for p in list(pending):
             if len(active) >= jobs:
                 break
@@ -338,7 +346,7 @@ def run_experiments(repo: Path, todo: list[Planned], baseline: str, jobs: int, e
                 flush=True)
             last = done
         if not pending and not active:
-            return {n: states.get(n, "unknown") for n in names}
+            return {n: states.get(n, "unknown") for n in names if n in submitted}
         time.sleep(poll)
 
 
@@ -501,6 +509,9 @@ def main(argv: list[str] | None = None) -> int:
                          "itself uses train.cpu_threads unless that is 0")
     ap.add_argument("--only", nargs="+", metavar="SETTING", help="run only these settings")
     ap.add_argument("--seeds", type=int, nargs="+", help="seeds instead of the grid's")
+    ap.add_argument("--stop-after", type=float, metavar="MINUTES",
+                    help="queue nothing new after this many minutes (running experiments "
+                         "finish; the rest waits for the next call)")
     ap.add_argument("--collect", action="store_true", help="run nothing; tables from what is finished")
     ap.add_argument("--dry-run", action="store_true", help="list the experiments; run and write nothing")
     args = ap.parse_args(argv)
@@ -553,7 +564,8 @@ def main(argv: list[str] | None = None) -> int:
                   "first so every experiment starts from one commit:\n" + dirty, file=sys.stderr)
             return 2
         print(f"ablate: {jobs} experiment(s) at a time", flush=True)
-        statuses.update(run_experiments(repo, todo, grid.baseline, jobs, env))
+        stop_at = started + 60 * args.stop_after if args.stop_after else None
+        statuses.update(run_experiments(repo, todo, grid.baseline, jobs, env, stop_at=stop_at))
         found = finished_experiments(repo, planned)
     wall = time.time() - started
     failed = sorted(n for n in statuses if n not in found)
