@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
                    add_help=False)
     sub.add_parser("ablate", help="an ablation grid x seeds as DVC experiments; F1 table, "
                    "bootstrap, plot", add_help=False)
+    sub.add_parser("predict", help="the trained models on new videos or keypoint files "
+                   "(no DVC): top-5 classes per clip", add_help=False)
     if not argv or argv[0] in ("-h", "--help"):
         ap.print_help()
         return 0
@@ -52,8 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] == "ablate":
         from mgpipe.ablate import main as ablate_main
         return ablate_main(argv[1:])
+    if argv[0] == "predict":
+        from mgpipe.predict import main as predict_main
+        return predict_main(argv[1:])
+    if argv[0] in STAGE_COMMANDS and argv[0] not in available:
+        print(f"mgpipe {argv[0]}: this installation has no stage scripts ({_stages_dir()} is "
+              f"absent: mgpipe was installed as a package); run the pipeline from a checkout "
+              f"of the project (dvc repro, or python -m mgpipe {argv[0]} there)", file=sys.stderr)
+        return 2
     if argv[0] not in available:
-        ap.error(f"unknown command {argv[0]!r}; choose from {', '.join(available)}")
+        ap.error(f"unknown command {argv[0]!r}; choose from "
+                 f"{', '.join([*available, 'profile', 'ablate', 'predict'])}")
     script = _stages_dir() / available[argv[0]][0]
     sys.argv = [f"mgpipe {argv[0]}"] + argv[1:]
     try:

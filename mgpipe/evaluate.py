@@ -47,7 +47,9 @@ def evaluate_round(logits: dict[str, dict], val_ids: list[str], val_labels: np.n
     Returns temperatures, the weights used, the gate (``gate``: which branches were gated,
     each branch's chance test, a note, and how many val/test clips fell back to gated
     branches), val/test metrics per branch and fused, the calibrated val and test
-    probabilities per branch and the fused test ones (NaN rows: no prediction)."""
+    probabilities per branch and the fused test ones (NaN rows: no prediction), and
+    ``calibration``: the unrounded temperatures, weights and fallback weights (None: equal)
+    that made them."""
     val_z = {b: aligned(z["val_ids"], z["val_logits"], val_ids) for b, z in logits.items()}
     test_z = {b: aligned(z["test_ids"], z["test_logits"], test_ids) for b, z in logits.items()}
 
@@ -81,6 +83,8 @@ def evaluate_round(logits: dict[str, dict], val_ids: list[str], val_labels: np.n
                 **{b: _metrics(p, val_labels) for b, p in val_p.items()}},
         "test": {"fused": _metrics(fused_test, test_labels),
                  **{b: _metrics(p, test_labels) for b, p in test_p.items()}},
+        # unrounded, for the prediction bundle (mgpipe.bundle): the same numbers fuse used
+        "calibration": {"temperature": temps, "weight": w, "fallback": fallback},
         "fused_test_probs": fused_test,
         "test_probs": test_p,
         "val_probs": val_p,

@@ -16,6 +16,7 @@ branches at chance: none gated). The only stage that reads the hidden test label
                             probability per class (empty: no branch saw it; counted wrong)
   metrics/confusion.json, metrics/per_class_f1.json   DVC plot data
   metrics/confusion.png, metrics/per_class_f1.png, metrics/cmpl_rounds.png
+  models/predict/           the last round's models and fusion, for `mgpipe predict`
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from mgpipe import report
+from mgpipe.bundle import write_bundle
 from mgpipe.evaluate import clip_table, coverage, evaluate_rounds
 from mgpipe.io import read_manifest, read_skips, write_csv_atomic, write_json_atomic
 from mgpipe.metrics import predicted_classes
@@ -76,6 +78,7 @@ def main(argv=None) -> int:
     ap.add_argument("--interim", default="data/interim")
     ap.add_argument("--cmpl", default="models/cmpl")
     ap.add_argument("--out", default="metrics")
+    ap.add_argument("--bundle", default="models/predict")
     args = ap.parse_args(argv)
     params = load_params(args.params)
     cfg = params["fuse"]
@@ -124,6 +127,7 @@ def main(argv=None) -> int:
                 "f1_before": prev["test"][b]["macro_f1"], "f1_after": res["test"][b]["macro_f1"]}
             for b in res["pseudo"]}})
     write_json_atomic(out / "cmpl.json", {"rounds": cmpl_rows})
+    write_bundle(args.bundle, classes, rounds, last["calibration"], last["gate"]["gated"], params)
     report.cmpl_rounds_png(cmpl_rows, out / "cmpl_rounds.png")
 
     probs = last["fused_test_probs"]
