@@ -153,18 +153,6 @@ def override_args(set_: dict, remove: list) -> list[str]:
     return args
 
 
-def flatten(values: dict, params: dict, prefix: str = "") -> dict:
-    """A nested mapping of params (a profile) as dotted overrides: mappings are followed where
-    ``params`` has a mapping too, anything else is set whole."""
-    out = {}
-    for k, v in values.items():
-        if isinstance(v, dict) and isinstance(params.get(k), dict):
-            out.update(flatten(v, params[k], f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def level(setting: Setting) -> str:
     """'fuse' when the setting changes only fuse params, 'cmpl' when only cmpl (and fuse),
     else 'train' (it retrains the branches)."""
@@ -185,9 +173,10 @@ def plan(grid: Grid, params: dict) -> list[Planned]:
     settings = sorted(grid.settings, key=lambda s: (s.name != grid.baseline, order[level(s)]))
     base = dict(grid.base_set)
     if grid.base_profile:
-        from mgpipe.profiles import profile_path
+        from mgpipe.profiles import merge, profile_path
         profile = yaml.safe_load(profile_path(grid.base_profile).read_text()) or {}
-        base = {**flatten(profile, params), **base}
+        # the profile's changes to params.yaml, as dotted keys (what `mgpipe profile` does)
+        base = {**{k: new for k, _, new in merge(json.loads(json.dumps(params)), profile)}, **base}
     out = []
     for s in settings:
         for seed in grid.seeds:
@@ -271,16 +260,20 @@ def finished_experiments(repo: Path, planned: list[Planned]) -> dict[str, str]:
     return found
 
 
-def queue_states(repo: Path, env: dict) -> dict[str, str]:
-    """Experiment name -> DVC queue status (Queued, Running, Success, Failed, ...)."""
+def queue_states(repo: Path, env: dict) -> tuple[dict[str, str], int | None]:
+    """Experiment name -> DVC queue status (Queued, Running, Success, Failed, ...), and the
+    number of live queue workers (active + idle; None when ``dvc queue status`` did not say)."""
     p = subprocess.run(["dvc", "queue", "status"], cwd=repo, env=env, capture_output=True,
                        text=True)
-    states = {}
+    states, workers = {}, None
     for line in p.stdout.splitlines():
         words = line.split()
         if len(words) >= 4 and re.fullmatch(r"[0-9a-f]{7,}", words[0]):
             states[words[1]] = words[-1]
-    return states
+        m = re.match(r"Worker status: (\d+) active, (\d+) idle", line.strip())
+        if m:
+            workers = int(m.group(1)) + int(m.group(2))
+    return states, workers
 
 
 def dvc_env(threads: int) -> dict:
@@ -293,7 +286,8 @@ def dvc_env(threads: int) -> dict:
 
 
 def run_experiments(repo: Path, todo: list[Planned], baseline: str, jobs: int, env: dict,
-                    log=print, poll: float = 10.0, stop_at: float | None = None) -> dict[str, str]:
+                    log=print, poll: float = 10.0, stop_at: float | None = None,
+                    orphan_after: float = 120.0) -> dict[str, str]:
     """Queue ``todo`` (in order) with ``dvc exp run --queue`` and run it with ``jobs`` queue
     workers, keeping at most ``jobs`` experiments queued or running so the order holds, and
     queueing a setting that reuses its seed's baseline trainings only once that baseline has
@@ -301,18 +295,44 @@ def run_experiments(repo: Path, todo: list[Planned], baseline: str, jobs: int, e
     running (an interrupted earlier call) is waited for, not queued again.
     After ``stop_at`` (a time.time() value) nothing new is queued: the running ones finish
     and the rest is left for the next call. Returns name -> final queue status (Success,
-    Failed, ...) of the experiments it queued or waited for."""
+    Failed, ...) of the experiments it queued or waited for.
+
+    A queue worker can die (killed, out of memory) and leave its experiment "Running" for
+    ever. When ours are queued or running but no worker has been alive for ``orphan_after``
+    seconds, the workers are started again; a "Running" one is then marked "Lost" (killed
+    and removed from the queue, so the next call runs it again) instead of waited for."""
     deps = prerequisites(todo, baseline)
     names = {p.name for p in todo}
-    states = queue_states(repo, env)
+    states, _ = queue_states(repo, env)
     submitted = {n for n in names if states.get(n) in ("Queued", "Running")}
     for n in sorted(submitted):
         log(f"ablate: {n} is already {states[n].lower()}; waiting for it")
     pending = [p for p in todo if p.name not in submitted]
-    last = None
+    last, no_worker_since, lost = None, None, {}
     while True:
-        states = queue_states(repo, env)
+        states, workers = queue_states(repo, env)
+        states.update(lost)
         active = {n for n in submitted if states.get(n) in ("Queued", "Running")}
+        if active and workers == 0:
+            no_worker_since = no_worker_since or time.time()
+            if time.time() - no_worker_since >= orphan_after:
+                for n in sorted(n for n in active if states[n] == "Running"):
+                    log(f"ablate: {n} shows Running but no queue worker is alive (a worker "
+                        f"died); marking it lost. The next `mgpipe ablate` runs it again.",
+                        flush=True)
+                    for cmd in (["kill", "-f", n], ["remove", n]):
+                        subprocess.run(["dvc", "queue", *cmd], cwd=repo, env=env,
+                                       capture_output=True)
+                    lost[n] = states[n] = "Lost"
+                active = {n for n in active if n not in lost}
+                if active:  # queued ones: start workers for them again
+                    log("ablate: no queue worker is alive; starting them again", flush=True)
+                    subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=repo,
+                                   env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+                no_worker_since = None
+        else:
+            no_worker_since = None
         finished = submitted - active
         queued_now = False
         if stop_at is not None and time.time() > stop_at and pending:

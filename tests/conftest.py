@@ -45,3 +45,20 @@ def copy_project(dst: Path) -> Path:
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dst / f)
     return dst
+
+
+def edit_params(project: Path, blocks: dict, drop_branches=()) -> None:
+    """Merge ``blocks`` ({block: {key: value}}; a mapping value updates the mapping under
+    its key) into ``project``'s params.yaml and remove the branches in ``drop_branches``."""
+    import yaml
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for block, values in blocks.items():
+        for k, v in values.items():
+            if isinstance(v, dict) and isinstance(params[block].get(k), dict):
+                params[block][k].update(v)
+            else:
+                params[block][k] = v
+    for b in drop_branches:
+        del params["branches"][b]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

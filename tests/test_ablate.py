@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import copy_project
+from conftest import copy_project, edit_params
 from sklearn.metrics import f1_score
 
-from mgpipe.ablate import (GridError, Setting, apply_overrides, level, load_grid, markdown_table,
-                           override_args, plan, prerequisites)
+import mgpipe.ablate as ablate
+from mgpipe.ablate import (GridError, Planned, Setting, apply_overrides, level, load_grid,
+                           markdown_table, override_args, plan, prerequisites)
 from mgpipe.stats import macro_f1_rows, paired_bootstrap, seed_spread
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,6 +141,40 @@ prefix: t
                                               "t-fit-s0": "t-base-s0", "t-fit-s1": "t-base-s1"}
 
 
+def test_a_dead_queue_worker_does_not_hang_the_grid(monkeypatch):
+    """A worker that died leaves its experiment "Running" with no worker alive: the queued
+    one gets workers again, the orphan is marked lost and removed from the queue (so the
+    next call reruns it), and the call returns instead of polling for ever."""
+    calls, polls = [], []
+
+    def queue_states(repo, env):
+        polls.append(1)
+        if len(polls) > 50:
+            raise AssertionError("run_experiments kept polling an orphaned experiment")
+        states = {"t-a-s0": "Running"}
+        if not any(c[:3] == ["dvc", "queue", "start"] for c in calls):
+            states["t-b-s0"] = "Queued"  # runs once workers are started again
+        else:
+            states["t-b-s0"] = "Success"
+        return states, 0
+
+    def run(cmd, **kw):
+        calls.append(list(cmd))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(ablate, "queue_states", queue_states)
+    monkeypatch.setattr(ablate.subprocess, "run", run)
+    todo = [Planned(Setting("a", {}), 0, "t-a-s0", [], {}),
+            Planned(Setting("b", {}), 0, "t-b-s0", [], {})]
+    logs = []
+    out = ablate.run_experiments(Path("."), todo, "a", 2, {}, log=lambda *a, **k: logs.append(a[0]),
+                                 poll=0, orphan_after=0)
+    assert out == {"t-a-s0": "Lost", "t-b-s0": "Success"}
+    assert ["dvc", "queue", "remove", "t-a-s0"] in calls
+    assert any("t-a-s0 shows Running but no queue worker is alive" in m for m in logs)
+    assert not any(c[:3] == ["dvc", "exp", "run"] for c in calls)  # waited for, not requeued
+
+
 def test_markdown_table_rows():
     summary = {
         "base": {"overrides": [], "compare": "base", "seeds": [0, 1],
@@ -194,16 +229,7 @@ def _sh(cmd: list[str], cwd: Path) -> str:
 @pytest.mark.slow
 def test_a_small_grid_runs_as_dvc_experiments_and_resumes(tmp_path):
     project = copy_project(tmp_path / "mgpipe")
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    for block, values in TINY.items():
-        for k, v in values.items():
-            if isinstance(v, dict) and isinstance(params[block].get(k), dict):
-                params[block][k].update(v)
-            else:
-                params[block][k] = v
-    for b in ("r2plus1d", "swin3d"):
-        del params["branches"][b]
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    edit_params(project, TINY, drop_branches=("r2plus1d", "swin3d"))
     (project / "grid.yaml").write_text(GRID)
     _sh(["git", "init", "-q"], project)
     _sh(["git", "add", "-A"], project)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import copy_project
+from conftest import copy_project, edit_params
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -55,14 +55,7 @@ def _git(cwd: Path, *args: str) -> None:
 
 
 def _edit_params(project: Path, **blocks) -> None:
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    for block, values in blocks.items():
-        for k, v in values.items():
-            if isinstance(v, dict) and isinstance(params[block].get(k), dict):
-                params[block][k].update(v)
-            else:
-                params[block][k] = v
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    edit_params(project, blocks)
 
 
 @pytest.fixture(scope="module")

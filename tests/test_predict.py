@@ -13,8 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
-from conftest import copy_project
+from conftest import copy_project, edit_params
 
 from mgpipe import bundle as bundle_mod
 from mgpipe.bundle import BundleError, read_bundle, write_bundle
@@ -317,14 +316,7 @@ def _sh(cmd: list[str], cwd: Path, ok=(0,)) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_predict_reproduces_the_pipelines_test_predictions(tmp_path):
     project = copy_project(tmp_path / "mgpipe")
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    for block, values in TINY.items():
-        for k, v in values.items():
-            if isinstance(v, dict) and isinstance(params[block].get(k), dict):
-                params[block][k].update(v)
-            else:
-                params[block][k] = v
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    edit_params(project, TINY)
     _sh(["git", "init", "-q"], project)
     _sh(["git", "add", "-A"], project)
     _sh(["git", "commit", "-qm", "clone"], project)
