@@ -200,7 +200,7 @@ def put_text(img: np.ndarray, text: str, org: tuple[int, int], scale: float, col
     baseline, or with ``anchor="top"`` its top-left corner); Hershey simplex font, ``scale``
     as cv2.putText. Returns the x just after the text."""
     text = _ascii(text)
-    t = thickness or max(1, round(scale * 1.6))
+    t = thickness or _thick(scale)
     w, h, _ = text_size(text, scale, t)
     x, y = int(org[0]), int(org[1]) + (h if anchor == "top" else 0)
     cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), t + 2, cv2.LINE_AA)
@@ -217,6 +217,22 @@ def _percent(p: float) -> str:
 def banner_height(unit: float = 1.0) -> int:
     """Height in px of the banner ``draw_banner`` fills, for text ``unit``."""
     return int(round(86 * unit))
+
+
+def draw_frame_number(band: np.ndarray, frame: int | None, frames: int | None,
+                      unit: float = 1.0) -> np.ndarray:
+    """"frame i/n" (``frame`` 0-based) at the banner's top right (nothing when either is
+    None). Returns ``band``."""
+    if frame is not None and frames:
+        pad, small = int(round(8 * unit)), 0.5 * unit
+        text = f"frame {frame + 1}/{frames}"
+        put_text(band, text, (band.shape[1] - pad - text_size(text, small, _thick(small))[0],
+                              pad), small, (200, 200, 200), anchor="top")
+    return band
+
+
+def _thick(scale: float) -> int:
+    return max(1, round(scale * 1.6))
 
 
 def draw_banner(band: np.ndarray, top: Sequence[tuple[str, float]], frame: int | None = None,
@@ -247,10 +263,7 @@ def draw_banner(band: np.ndarray, top: Sequence[tuple[str, float]], frame: int |
         put_text(band, _percent(p), (x + pad, y1), big, (120, 230, 255), anchor="top")
     else:
         put_text(band, "no prediction", (x, y1), big, MISSING_COLOUR, anchor="top")
-    if frame is not None and frames:
-        right = f"frame {frame + 1}/{frames}"
-        w, _, _ = text_size(right, small, max(1, round(small * 1.6)))
-        put_text(band, right, (W - pad - w, y1), small, (200, 200, 200), anchor="top")
+    draw_frame_number(band, frame, frames, unit)
     y2 = y1 + int(round(34 * unit))
     x = pad
     for k, (label, p) in enumerate(top[1:3], start=2):
@@ -326,7 +339,8 @@ def timeline_strip(width: int, height: int, segments: Iterable[tuple], class_nam
             continue
         s = float(np.clip(score if score is not None and np.isfinite(score) else 0, 0, 1))
         alpha = 0.3 + 0.7 * s
-        colour = tuple(int(round(alpha * c + (1 - alpha) * b)) for c, b in zip(class_colour(k), BAND))
+        colour = tuple(int(round(alpha * c + (1 - alpha) * b))
+                       for c, b in zip(class_colour(k), BAND))
         cv2.rectangle(strip, (x0, bar0), (x1 - 1, bar1), colour, -1)
         name = class_names[k]
         w, h, _ = text_size(name, small, 1)
@@ -334,16 +348,29 @@ def timeline_strip(width: int, height: int, segments: Iterable[tuple], class_nam
             cv2.putText(strip, _ascii(name), (x0 + pad, (bar0 + bar1 + h) // 2),
                         cv2.FONT_HERSHEY_SIMPLEX, small, (0, 0, 0), 1, cv2.LINE_AA)
     if current is not None:
-        now = [s for s in segments if int(s[0]) <= current < int(s[1])
-               and _label_index(s[2], class_names) is not None]
-        text = f"now: {class_names[_label_index(now[-1][2], class_names)]} " \
-               f"{_percent(float(now[-1][3]))}" if now else "now: -"
-        put_text(strip, text, (pad * 2, pad), small, (230, 230, 230), anchor="top")
-        cx = min(max(x_of(current + 0.5), 0), width - 1)
-        cv2.line(strip, (cx, bar0), (cx, height - 1), (255, 255, 255), max(1, round(2 * unit)))
-        tri = np.array([[cx - 2 * pad, bar0], [cx + 2 * pad, bar0], [cx, bar0 + 2 * pad]],
-                       np.int32)
-        cv2.fillConvexPoly(strip, tri, (255, 255, 255), cv2.LINE_AA)
+        draw_timeline_cursor(strip, segments, class_names, current, (first, last), unit)
+    return strip
+
+
+def draw_timeline_cursor(strip: np.ndarray, segments: Sequence[tuple], class_names: Sequence[str],
+                         current: int, span: tuple[int, int], unit: float = 1.0) -> np.ndarray:
+    """The moving part of ``timeline_strip``, on a strip it drew without ``current``: the
+    cursor at frame ``current`` in the bar row and "now: <label> <p>" (the last segment
+    holding that frame) in the text row above it. Returns ``strip``."""
+    height, width = strip.shape[:2]
+    first, last = int(span[0]), max(int(span[1]), int(span[0]) + 1)
+    pad = max(1, int(round(3 * unit)))
+    small = 0.42 * unit
+    bar0 = min(text_size("Ag", small)[1] + 3 * pad, height // 2)
+    now = [s for s in segments if int(s[0]) <= current < int(s[1])
+           and _label_index(s[2], class_names) is not None]
+    text = f"now: {class_names[_label_index(now[-1][2], class_names)]} " \
+           f"{_percent(float(now[-1][3]))}" if now else "now: -"
+    put_text(strip, text, (pad * 2, pad), small, (230, 230, 230), anchor="top")
+    cx = min(max(int(round((current + 0.5 - first) * width / (last - first))), 0), width - 1)
+    cv2.line(strip, (cx, bar0), (cx, height - 1), (255, 255, 255), max(1, round(2 * unit)))
+    tri = np.array([[cx - 2 * pad, bar0], [cx + 2 * pad, bar0], [cx, bar0 + 2 * pad]], np.int32)
+    cv2.fillConvexPoly(strip, tri, (255, 255, 255), cv2.LINE_AA)
     return strip
 
 
@@ -531,6 +558,8 @@ def render_clip(path: str | os.PathLike, kp: np.ndarray | None,
     canvas = np.empty((bh + vh + th, vw, 3), np.uint8)
     colour_index = _label_index(top[0][0], classes) if top and classes else None
     n_total = total if total is not None else max(_count_hint(video) - start, 1)
+    banners: dict = {}
+    strip = None
     with AtomicVideoWriter(path, fps, (vw, bh + vh + th)) as out:
         for i, frame in enumerate(stream):
             f = kp[i] if kp is not None and i < len(kp) else None
@@ -542,12 +571,20 @@ def render_clip(path: str | os.PathLike, kp: np.ndarray | None,
                          unit=unit)
             if f is not None:
                 draw_skeleton(view, f, scale, min_score=min_score, unit=unit)
+            # the banner and the strip change little from frame to frame: drawn once per
+            # state, then only the frame number and the cursor are drawn on a copy
             hands = hands_seen(f, min_score) if f is not None else (False, False)
-            draw_banner(canvas[:bh], top, i, max(n_total, i + 1), hands, colour_index, title,
-                        unit)
+            if hands not in banners:
+                banners[hands] = draw_banner(np.empty_like(canvas[:bh]), top, None, None, hands,
+                                             colour_index, title, unit)
+            canvas[:bh] = banners[hands]
+            draw_frame_number(canvas[:bh], i, max(n_total, i + 1), unit)
             if th:
-                canvas[bh + vh:] = timeline_strip(vw, th, segs, classes, start + i,
-                                                  (start, start + max(n_total, i + 1)), unit)
+                span = (start, start + max(n_total, i + 1))
+                if strip is None or span != strip[0]:
+                    strip = (span, timeline_strip(vw, th, segs, classes, None, span, unit))
+                canvas[bh + vh:] = strip[1]
+                draw_timeline_cursor(canvas[bh + vh:], segs, classes, start + i, span, unit)
             out.write(canvas)
         if out.count == 0:
             raise RenderError("no frame to draw")
@@ -587,12 +624,13 @@ def output_name(clip_id: str) -> str:
 
 def render_predictions(out: str | os.PathLike, items: Sequence, fused: np.ndarray,
                        classes: Sequence[str], crop_margin: float | None = None,
-                       progress: bool = True, warn=None):
+                       progress: bool = True, warn=None, timelines: dict | None = None):
     """``<out>/<clip>.mp4`` for each predicted clip (``mgpipe predict --render``): items
     are mgpipe.predict's ``Prepared`` (clip, frames, kp, rgb), ``fused`` their fused
     probabilities [N, C]; the banner shows the top 3, the crop box is drawn where the RGB
     branches got a crop (``crop_margin``: the bundle's rgb.margin). A clip that fails is
     reported through ``warn(message)`` and its row's ``problem``; the others go on.
+    ``timelines``: clip id -> its segments (see ``timeline_strip``), drawn under the clip.
     Returns a pandas DataFrame with ``RENDER_COLUMNS``, one row per item."""
     import pandas as pd
     from tqdm import tqdm
@@ -613,7 +651,7 @@ def render_predictions(out: str | os.PathLike, items: Sequence, fused: np.ndarra
                                video=c.video or None, start_frame=c.start_frame,
                                frames=it.frames if c.video else None,
                                crop_margin=crop_margin if it.rgb is not None else None,
-                               title=c.clip_id)
+                               segments=(timelines or {}).get(c.clip_id), title=c.clip_id)
             row.update(frames=info.frames, width=info.width, height=info.height,
                        fps=round(info.fps, 3), seconds=round(info.seconds, 4),
                        ms_per_frame=round(info.ms_per_frame, 3))

@@ -177,9 +177,9 @@ def test_render_clip_streams_the_range_of_a_video(tmp_path):
     bh, th = overlay.banner_height(1.0), overlay.timeline_height(1.0)
     assert (info.frames, info.width, info.height, info.fps) == (4, 640, bh + 480 + th, 10)
     assert len(frames) == 4 and frames[0].shape == (bh + 480 + th, 640, 3)
-    # source frames 3..6 (grey 95, 120, 145, 170: lossy, the nearest level), upscaled 10x; the shoulder drawn at
-    # (32.5, 24.5) * 10 - 0.5, the crop box the crop stage computes (1.5 px wide lines at
-    # unit 1, so 2 px)
+    # source frames 3..6 (grey 95, 120, 145, 170; lossy: the nearest level), upscaled 10x;
+    # the shoulder drawn at (32.5, 24.5) * 10 - 0.5; the crop box the crop stage computes,
+    # 2 px wide at unit 1
     from mgpipe.crop import saliency_box
     box, fallback = saliency_box(kp, (64, 48), 0.3)
     x0, y0, x1, y1 = (np.round(box) * 10).astype(int)
@@ -277,3 +277,27 @@ def test_predict_render_on_a_real_clip(tmp_path, shared_media, monkeypatch, caps
         "k1": "", "k2": "not rendered: disk full (simulated)"}
     assert not (out2 / "k2.mp4").exists() and len(_read(out2 / "k1.mp4")) == 12
     assert len(pd.read_csv(out2 / "predictions.csv")) == 2     # predictions are unaffected
+
+
+def test_render_predictions_names_timelines_and_top3(tmp_path):
+    """render_predictions on predict's items (duck-typed): <out>/<clip>.mp4 with the clip
+    id's folders, the top 3 of the fused row, a timeline strip where one is given."""
+    from types import SimpleNamespace
+
+    from mgpipe.predict import Clip
+
+    kp = np.zeros((6, 68, 3), np.float32)
+    kp[:, 11] = (40, 40, 1)
+    kp[:, 0] = (79, 59, 1)
+    items = [SimpleNamespace(clip=Clip("sub/a", keypoints="a.npy"), frames=-1, kp=kp, rgb=None),
+             SimpleNamespace(clip=Clip("b", keypoints="b.npy"), frames=-1, kp=kp, rgb=None)]
+    fused = np.array([[0.1, 0.6, 0.3], [np.nan] * 3])
+    t = overlay.render_predictions(tmp_path, items, fused, ["x", "y", "z"], progress=False,
+                                   timelines={"b": [(0, 3, "z", 0.9)]})
+    assert list(t.columns) == overlay.RENDER_COLUMNS and (t.problem == "").all()
+    assert t.file.tolist() == ["sub/a.mp4", "b.mp4"]
+    bh, th = overlay.banner_height(1.0), overlay.timeline_height(1.0)
+    a, b = _read(tmp_path / "sub/a.mp4"), _read(tmp_path / "b.mp4")
+    assert len(a) == len(b) == 6
+    assert a[0].shape[0] == bh + 480 and b[0].shape[0] == bh + 480 + th
+    assert _near(b[0][-5, 5], class_colour(2), tol=40)   # the strip's "z" bar
