@@ -575,8 +575,13 @@ writes, in --out:
                    batch's model time is shared evenly among its clips)
   skipped.csv      clip, reason: clips that could not be predicted (unreadable video, no
                    person found, a bad keypoints file, ...)
+  with --render:
+  <clip>.mp4       the clip with its keypoints and bones (face yellow, body blue, left hand
+                   green, right hand magenta), the crop box (white) and the top-3 labels
+  render.csv       clip, file, frames, width, height, fps, seconds, ms_per_frame, problem
 
-exit status: 0 every clip predicted, 1 some skipped, 2 a usage or models-folder error.
+exit status: 0 every clip predicted (and rendered), 1 some skipped (or not rendered), 2 a
+usage or models-folder error.
 """
 
 
@@ -602,6 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=16, metavar="N",
                     help="clips per model batch (default: %(default)s)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--render", action="store_true",
+                    help="also write DIR/<clip>.mp4: keypoints, bones, crop box and the "
+                         "predicted labels drawn on the clip (mgpipe.overlay)")
     return ap
 
 
@@ -687,13 +695,25 @@ def run(args) -> int:
     _write(out, "predictions.csv", top_k_table([it.clip for it in done], probs, classes))
     _write(out, "timing.csv", timing_table(done))
     _write(out, "skipped.csv", pd.DataFrame(skipped, columns=["clip", "reason"]))
+    unrendered = 0
+    if getattr(args, "render", False):
+        from mgpipe.overlay import render_predictions
+        rendered = render_predictions(
+            out, done, probs["fused"], classes, float(bundle["params"]["rgb"].get("margin", 0.3)),
+            not args.no_progress, lambda m: tqdm.write(f"mgpipe predict: {m}", file=sys.stderr))
+        _write(out, "render.csv", rendered)
+        unrendered = int((rendered.problem != "").sum())
+        ok = rendered[rendered.problem == ""]
+        print(f"mgpipe predict: rendered {len(ok)} clips ({int(ok.frames.sum()) if len(ok) else 0}"
+              f" frames, {ok.seconds.sum() / max(ok.frames.sum(), 1) * 1000 if len(ok) else 0:.1f}"
+              f" ms a frame){f', {unrendered} failed (see render.csv)' if unrendered else ''}")
     t = timing_table(done)
     mean = ", ".join(f"{k} {t[f'{k}_s'].mean():.3f}" for k in PARTS) if len(t) else "-"
     print(f"mgpipe predict: {len(done)} clips predicted, {len(skipped)} skipped"
           f"{' (see skipped.csv)' if skipped else ''}; mean seconds per clip: {mean} "
           f"(device {device.type}); wrote {out / 'predictions.csv'}, {out / 'timing.csv'}, "
           f"{out / 'skipped.csv'}")
-    return 1 if skipped else 0
+    return 1 if skipped or unrendered else 0
 
 
 def main(argv: Iterable[str] | None = None) -> int:
