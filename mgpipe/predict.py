@@ -602,6 +602,31 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=16, metavar="N",
                     help="clips per model batch (default: %(default)s)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = ap.add_argument_group(
+        "untrimmed video (a timeline of detected micro-gestures; on with --window or --stride)")
+    g.add_argument("--window", nargs="?", const="auto", default=None, metavar="SECONDS",
+                   help="slide windows of this length over each input (alone: the training "
+                        "clips' median length from the models folder, else 2 s)")
+    g.add_argument("--stride", type=float, default=None, metavar="SECONDS",
+                   help="step between windows (default: a quarter of the window)")
+    g.add_argument("--threshold", type=float, default=0.5, metavar="P",
+                   help="a frame is background when its top fused probability is below P "
+                        "(default: %(default)s)")
+    g.add_argument("--background", action="append", default=None, metavar="CLASS",
+                   help="a class that means no micro-gesture (repeatable; default: the class "
+                        "named idle, if any; 'none': no such class)")
+    g.add_argument("--merge-gap", type=float, default=None, metavar="SECONDS",
+                   help="join detections of one class this close (default: half a window)")
+    g.add_argument("--min-length", type=float, default=None, metavar="SECONDS",
+                   help="drop shorter detections (default: a quarter of a window)")
+    g.add_argument("--truth", default=None, metavar="CSV",
+                   help="ground-truth segments (clip, label, start_frame, end_frame exclusive): "
+                        "drawn in the picture and scored (timeline_eval.json)")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes for MediaPipe on a long video, each on a chunk of it "
+                        "(default: every core; 1: one process)")
+    g.add_argument("--fps", type=float, default=25.0,
+                   help="frame rate of keypoint files without video (default: %(default)s)")
     return ap
 
 
@@ -628,6 +653,20 @@ def run(args) -> int:
     if args.batch_size < 1:
         print("mgpipe predict: error: --batch-size must be >= 1", file=sys.stderr)
         return 2
+    timeline = args.window is not None or args.stride is not None
+    if timeline:
+        try:
+            args.window = None if args.window == "auto" else float(args.window)
+        except ValueError:
+            print(f"mgpipe predict: error: --window takes seconds, got {args.window!r}",
+                  file=sys.stderr)
+            return 2
+        if args.workers is not None and args.workers < 1:
+            print("mgpipe predict: error: --workers must be >= 1", file=sys.stderr)
+            return 2
+        if args.fps <= 0:
+            print("mgpipe predict: error: --fps must be > 0", file=sys.stderr)
+            return 2
     device = torch.device("cuda" if args.device == "cuda" or (
         args.device == "auto" and torch.cuda.is_available()) else "cpu")
     try:
@@ -645,6 +684,10 @@ def run(args) -> int:
               "(keypoints.backend: provided); clips without a keypoints file get MediaPipe "
               "Holistic's, which may differ from what the models saw", file=sys.stderr)
     out = Path(args.out)
+    if timeline:
+        from mgpipe.predict_timeline import run_timeline
+
+        return run_timeline(args, bundle, branches, pre, clips, device, out)
     out.mkdir(parents=True, exist_ok=True)
     done: list[Prepared] = []
     fused_rows, branch_rows = [], {b: [] for b in branches}
