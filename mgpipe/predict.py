@@ -17,6 +17,8 @@ the bundle's weights (:func:`mgpipe.fusion.fuse_with_fallback`), as the fuse sta
 
 A clip is a video (or keypoint file) and a frame range [start_frame, end_frame): a window
 of a long video is just another clip. Clips of one video are cut in one decoding pass.
+With ``--window``/``--stride`` each input is an untrimmed video made into a timeline of
+detected micro-gestures (:mod:`mgpipe.predict_timeline`, :mod:`mgpipe.timeline`).
 """
 from __future__ import annotations
 
@@ -554,6 +556,7 @@ examples:
   mgpipe predict new/clip1.mp4 new/clip2.mp4 --out predictions
   mgpipe predict new_clips/ --out predictions --models models/predict
   mgpipe predict clips.csv --out predictions        # video and/or keypoints columns
+  mgpipe predict interview.mp4 --out timeline --window --stride 0.4   # untrimmed video
 
 INPUT: video files, keypoint files (.npy, .npz, .json, .txt), folders (every video in
 them, recursively; clip = the path without the suffix) or CSV files as the csv dataset
@@ -575,6 +578,10 @@ writes, in --out:
                    batch's model time is shared evenly among its clips)
   skipped.csv      clip, reason: clips that could not be predicted (unreadable video, no
                    person found, a bad keypoints file, ...)
+
+with --window/--stride (untrimmed video), also: timeline.csv (clip, label, start_s,
+end_s, start_frame, end_frame, score), windows.csv (every window's fused probabilities),
+timeline.png (timeline_<clip>.png with several inputs), timeline_eval.json (with --truth).
 
 exit status: 0 every clip predicted, 1 some skipped, 2 a usage or models-folder error.
 """
@@ -656,7 +663,7 @@ def run(args) -> int:
     timeline = args.window is not None or args.stride is not None
     if timeline:
         try:
-            args.window = None if args.window == "auto" else float(args.window)
+            args.window = None if args.window in (None, "auto") else float(args.window)
         except ValueError:
             print(f"mgpipe predict: error: --window takes seconds, got {args.window!r}",
                   file=sys.stderr)
