@@ -37,7 +37,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -500,7 +500,9 @@ def render_clip(path: str | os.PathLike, kp: np.ndarray | None,
                 crop_margin: float | None = None, segments: Iterable[tuple] | None = None,
                 frame_size: tuple[int, int] | None = None, fps: float | None = None,
                 title: str = "", min_size: int = 480, max_size: int = 1280,
-                min_score: float = MIN_SCORE) -> RenderInfo:
+                min_score: float = MIN_SCORE,
+                frame_top: Callable[[int], Sequence[tuple[str, float]]] | None = None
+                ) -> RenderInfo:
     """Write ``path`` (an .mp4): the clip with its keypoints, crop box and prediction drawn
     on every frame.
 
@@ -517,6 +519,8 @@ def render_clip(path: str | os.PathLike, kp: np.ndarray | None,
         this margin; the whole frame, labelled so, when no salient keypoint is seen).
     segments: the timeline (see ``timeline_strip``, frames numbered as the video's); the
         strip covers the rendered frames and its cursor follows.
+    frame_top: for an untrimmed video, frame i (of the rendered ones) -> its own ``top``
+        (the window-averaged prediction there), shown instead of ``top``.
     Memory stays at one frame whatever the length. Raises RenderError / VideoError /
     OSError; nothing is left at ``path`` then."""
     t0 = time.perf_counter()
@@ -574,10 +578,17 @@ def render_clip(path: str | os.PathLike, kp: np.ndarray | None,
             # the banner and the strip change little from frame to frame: drawn once per
             # state, then only the frame number and the cursor are drawn on a copy
             hands = hands_seen(f, min_score) if f is not None else (False, False)
-            if hands not in banners:
-                banners[hands] = draw_banner(np.empty_like(canvas[:bh]), top, None, None, hands,
-                                             colour_index, title, unit)
-            canvas[:bh] = banners[hands]
+            now, key = top, hands
+            if frame_top is not None:
+                now = [(label, round(float(q), 2)) for label, q in frame_top(i)]
+                key = (hands, tuple(now))
+                colour_index = _label_index(now[0][0], classes) if now and classes else None
+            if key not in banners:
+                if len(banners) > 256:  # a long video: keep memory flat
+                    banners.clear()
+                banners[key] = draw_banner(np.empty_like(canvas[:bh]), now, None, None, hands,
+                                           colour_index, title, unit)
+            canvas[:bh] = banners[key]
             draw_frame_number(canvas[:bh], i, max(n_total, i + 1), unit)
             if th:
                 span = (start, start + max(n_total, i + 1))
