@@ -278,7 +278,24 @@ def queue_states(repo: Path, env: dict) -> tuple[dict[str, str], int | None]:
         m = re.match(r"Worker status: (\d+) active, (\d+) idle", line.strip())
         if m:
             workers = int(m.group(1)) + int(m.group(2))
+    if workers == 0:  # the status asks the workers, which a busy machine can leave unanswered
+        workers = local_workers(repo) or 0
     return states, workers
+
+
+def local_workers(repo: Path) -> int:
+    """Live ``dvc exp queue-worker`` processes of ``repo`` on this machine."""
+    import psutil
+
+    n = 0
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        try:
+            cmd = proc.info["cmdline"] or []
+            if "queue-worker" in cmd and Path(proc.info["cwd"] or "/").resolve() == repo.resolve():
+                n += 1
+        except (psutil.Error, OSError):
+            continue
+    return n
 
 
 def dvc_env(threads: int) -> dict:

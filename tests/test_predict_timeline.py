@@ -74,7 +74,7 @@ def test_timeline_end_to_end(tmp_path, long_video, capsys):
     out = tmp_path / "out"
     code = main([str(long_video / "videos.csv"), "--out", str(out), "--models", str(folder),
                  "--window", "--stride", "0.2", "--threshold", "0", "--background", "none", "--truth",
-                 str(long_video / "truth.csv"), "--no-progress", "--batch-size", "8"])
+                 str(long_video / "truth.csv"), "--no-progress", "--batch-size", "8", "--render"])
     printed = capsys.readouterr()
     assert code == 0, printed.err
     assert "window: the training clips' median length" in printed.out
@@ -105,6 +105,13 @@ def test_timeline_end_to_end(tmp_path, long_video, capsys):
     assert (timing[["crop_s", "models_s"]] > 0).all(axis=None)
     assert (out / "timeline.png").stat().st_size > 5000
     assert pd.read_csv(out / "skipped.csv").empty
+    # --render: the whole video, its timeline strip under it
+    import cv2
+    rendered = pd.read_csv(out / "render.csv", keep_default_na=False)
+    assert rendered.problem.tolist() == [""] and rendered.frames.tolist() == [n]
+    cap = cv2.VideoCapture(str(out / rendered.file[0]))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == n
+    cap.release()
 
 
 def test_timeline_bad_inputs_say_what_is_wrong(tmp_path, long_video, capsys):
