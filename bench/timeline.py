@@ -129,15 +129,12 @@ def write_video(path: Path, source: Path, seconds: float) -> Path:
     """``source`` looped (or cut) to ``seconds``, mp4v."""
     import cv2
 
+    from mgpipe.synth_formats import read_video
+
     cap = cv2.VideoCapture(str(source))
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    frames = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(f)
     cap.release()
+    frames = read_video(Path(source))
     n = int(round(seconds * fps))
     h, w = frames[0].shape[:2]
     out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))

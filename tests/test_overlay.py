@@ -3,6 +3,8 @@ on small synthetic images, the streaming mp4 writer, render_clip on a video rang
 keypoints alone, and predict --render end to end on a real clip (../shared/media)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pandas as pd
@@ -22,15 +24,9 @@ def _unseen() -> np.ndarray:
 
 
 def _read(path) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(f)
-    cap.release()
-    return frames
+    from mgpipe.synth_formats import read_video
+
+    return list(read_video(Path(path)))
 
 
 def _near(pixel, colour, tol=0) -> bool:
