@@ -237,18 +237,23 @@ def experiment_refs(repo: Path) -> dict[str, list[tuple[str, str]]]:
     return out
 
 
-def finished_experiments(repo: Path, planned: list[Planned]) -> dict[str, str]:
+def finished_experiments(repo: Path, planned: list[Planned], any_code: bool = False
+                         ) -> dict[str, str]:
     """Planned name -> exp ref of a finished experiment that can be reused: same code trees
-    as HEAD, the params the grid asks for, and its result files present."""
+    as HEAD, the params the grid asks for, and its result files present. With ``any_code``
+    (``--collect --any-code``) one run from older stage code counts too when none from
+    HEAD's does (``older_code`` tells which)."""
     paths = code_paths(repo)
     head = code_trees(repo, "HEAD", paths)
     refs = experiment_refs(repo)
     found, same = {}, {}
     for p in planned:
-        for ref, base in refs.get(p.name, []):
+        candidates = refs.get(p.name, [])
+        for ref, base in candidates:
             if base not in same:
                 same[base] = code_trees(repo, base, paths) == head
-            if not same[base]:
+        for ref, base in sorted(candidates, key=lambda rb: not same[rb[1]]):
+            if not same[base] and not any_code:
                 continue
             try:
                 params = yaml.safe_load(_git(repo, "show", f"{ref}:params.yaml"))
@@ -273,7 +278,24 @@ def queue_states(repo: Path, env: dict) -> tuple[dict[str, str], int | None]:
         m = re.match(r"Worker status: (\d+) active, (\d+) idle", line.strip())
         if m:
             workers = int(m.group(1)) + int(m.group(2))
+    if workers == 0:  # the status asks the workers, which a busy machine can leave unanswered
+        workers = local_workers(repo) or 0
     return states, workers
+
+
+def local_workers(repo: Path) -> int:
+    """Live ``dvc exp queue-worker`` processes of ``repo`` on this machine."""
+    import psutil
+
+    n = 0
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        try:
+            cmd = proc.info["cmdline"] or []
+            if "queue-worker" in cmd and Path(proc.info["cwd"] or "/").resolve() == repo.resolve():
+                n += 1
+        except (psutil.Error, OSError):
+            continue
+    return n
 
 
 def dvc_env(threads: int) -> dict:
@@ -535,6 +557,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="queue nothing new after this many minutes (running experiments "
                          "finish; the rest waits for the next call)")
     ap.add_argument("--collect", action="store_true", help="run nothing; tables from what is finished")
+    ap.add_argument("--any-code", action="store_true",
+                    help="with --collect: also experiments run at older stage code (a change "
+                         "such as signal handling that leaves results alone makes every "
+                         "experiment stale); the tables name their commits")
     ap.add_argument("--dry-run", action="store_true", help="list the experiments; run and write nothing")
     args = ap.parse_args(argv)
     repo = Path.cwd()
@@ -559,6 +585,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mgpipe ablate: error: {e}", file=sys.stderr)
         return 2
     found = finished_experiments(repo, planned)
+    if args.collect and args.any_code:
+        found = {**finished_experiments(repo, planned, any_code=True), **found}
     todo = [p for p in planned if p.name not in found
             and (not args.only or p.setting.name in args.only)]
     print(f"ablate: {len(planned)} experiments ({len(grid.settings)} settings x {len(grid.seeds)} "
@@ -610,6 +638,9 @@ def main(argv: list[str] | None = None) -> int:
             entry.pop("tail")
             logs[p.name] = entry
     results = {p.name: read_results(repo, found[p.name]) for p in planned if p.name in found}
+    current = finished_experiments(repo, planned) if args.any_code else found
+    older = {n: ref.split("/")[2] + ref.split("/")[3][:8] for n, ref in found.items()
+             if n not in current}
     if not results:
         print("ablate: no finished experiment to summarise yet")
         return 1 if failed else 0
@@ -625,11 +656,15 @@ def main(argv: list[str] | None = None) -> int:
            "baseline": grid.baseline, "round": grid.round, "branches": branches,
            "settings": summary, "run_cache": run_cache_savings(logs), "runs": runs,
            "stage_logs": logs,
-           "experiments": {p.name: found.get(p.name) for p in planned}}
+           "experiments": {p.name: found.get(p.name) for p in planned},
+           "older_code": older}
     out.parent.mkdir(parents=True, exist_ok=True)
     from mgpipe.io import write_json_atomic
     write_json_atomic(out.with_suffix(".json"), doc)
     table = markdown_table(summary, branches)
+    if older:
+        table += ("\nRun at older stage code (`--any-code`; base commit): "
+                  + ", ".join(f"{n} ({c})" for n, c in sorted(older.items())) + "\n")
     tmp = out.with_name(f".{out.name}.md.tmp")
     tmp.write_text(f"<!-- written by `mgpipe ablate {args.grid}`; macro-F1 on the test subjects, "
                    f"mean +- sd over seeds; vs reference: difference of means, 95% paired "

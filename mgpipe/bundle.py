@@ -7,7 +7,10 @@ Layout::
         bundle.json     format and mgpipe versions, classes, per branch: checkpoint file,
                         its sha256, modality, temperature and fusion weight (a branch the
                         chance gate dropped has weight 0), the fallback weights, and the
-                        params blocks that say how a clip becomes each model's input
+                        params blocks that say how a clip becomes each model's input, and
+                        (``clips``, when the fuse stage knew it) the training clips' median
+                        length in frames, fps and seconds: the default window of
+                        ``mgpipe predict --window`` on untrimmed video
         <branch>.pt     a copy of the branch's best.pt of the last CMPL round fuse evaluated
                         (the folder of that round's logits in models/cmpl/rounds.json); it
                         holds the model's "config", "num_classes", "modality" and "branch"
@@ -55,11 +58,37 @@ def sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def clip_lengths(frames, fps) -> dict | None:
+    """The ``clips`` entry of bundle.json from the training clips' frame counts and fps
+    (sequences of numbers): median frames, median fps, median seconds (3 decimals); None
+    when there is no usable clip."""
+    def number(x) -> float:
+        try:
+            return float(x)
+        except (TypeError, ValueError):  # an empty cell (no video)
+            return float("nan")
+
+    pairs = [(n, f) for n, f in ((number(a), number(b)) for a, b in zip(frames, fps))
+             if n > 0 and f > 0]
+    if not pairs:
+        return None
+
+    def median(values):
+        v = sorted(values)
+        m = len(v) // 2
+        return v[m] if len(v) % 2 else (v[m - 1] + v[m]) / 2
+
+    return {"frames": median(n for n, _ in pairs), "fps": median(f for _, f in pairs),
+            "seconds": round(median(n / f for n, f in pairs), 3)}
+
+
 def bundle_document(classes: list[str], rounds: dict, calibration: dict, gated: dict,
-                    params: dict, checkpoints: dict[str, str]) -> dict:
+                    params: dict, checkpoints: dict[str, str], clips: dict | None = None
+                    ) -> dict:
     """bundle.json's content. ``rounds``: models/cmpl/rounds.json; ``calibration``: the last
     round's ``evaluate_round(...)["calibration"]``; ``gated``: branch -> bool (its gate);
-    ``params``: the validated params.yaml; ``checkpoints``: branch -> sha256 of its copy."""
+    ``params``: the validated params.yaml; ``checkpoints``: branch -> sha256 of its copy;
+    ``clips``: :func:`clip_lengths` of the training clips (optional)."""
     last = max(rounds["logits"], key=int)
     dataset = params.get("dataset", {})
     csv = dataset.get("csv", {}) or {}
@@ -73,17 +102,18 @@ def bundle_document(classes: list[str], rounds: dict, calibration: dict, gated: 
                        "temperature": float(calibration["temperature"][b]),
                        "weight": float(calibration["weight"][b]), "gated": bool(gated.get(b))}
     fallback = calibration.get("fallback")
+    extra = {"clips": clips} if clips else {}
     return {"format": FORMAT, "format_version": FORMAT_VERSION,
             "mgpipe_version": mgpipe.__version__, "classes": list(classes),
             "cmpl_round": int(last),
             "fusion": {"temperature_scaling": bool(params.get("fuse", {}).get("temperature", True)),
                        "fallback_weights": None if fallback is None
                        else {b: float(w) for b, w in fallback.items()}},
-            "branches": branches, "params": blocks}
+            "branches": branches, "params": blocks, **extra}
 
 
 def write_bundle(out: str | os.PathLike, classes: list[str], rounds: dict, calibration: dict,
-                 gated: dict, params: dict) -> Path:
+                 gated: dict, params: dict, clips: dict | None = None) -> Path:
     """models/predict (``out``) from the last round listed in ``rounds`` (rounds.json): each
     branch's best.pt beside that round's logits, copied as <branch>.pt, and bundle.json.
     Written into ``.<name>.partial`` beside ``out`` and renamed into place."""
@@ -100,7 +130,7 @@ def write_bundle(out: str | os.PathLike, classes: list[str], rounds: dict, calib
                                     f"rerun the cmpl stage (dvc repro)")
         shutil.copyfile(best, tmp / f"{b}.pt")
         sums[b] = sha256(tmp / f"{b}.pt")
-    doc = bundle_document(classes, rounds, calibration, gated, params, sums)
+    doc = bundle_document(classes, rounds, calibration, gated, params, sums, clips)
     (tmp / BUNDLE_FILE).write_text(json.dumps(doc, indent=2) + "\n")
     old = out.parent / f".{out.name}.old"
     if out.exists():

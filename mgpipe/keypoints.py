@@ -344,6 +344,85 @@ def extract_mediapipe_clip(clip: Mapping, **kwargs) -> tuple[np.ndarray, dict]:
                              end_frame=clip.get("end_frame"), **kwargs)
 
 
+# One long video on all cores: chunks in parallel worker processes. Holistic in video mode
+# tracks from frame to frame (and smooths the landmarks over the last frames), so a chunk
+# starts CHUNK_OVERLAP frames early and drops them: by then the tracker has found the person
+# and the smoothing filter has settled (on the shared clips the pose then agrees with the
+# serial run's to a pixel or two). Chunks shorter than MIN_CHUNK_FRAMES are not worth a
+# process (its start, about 1-2 s for mediapipe's import and graph, is ~50 frames of work).
+CHUNK_OVERLAP = 15
+MIN_CHUNK_FRAMES = 100
+
+
+def chunk_spans(start: int, end: int, parts: int, overlap: int = CHUNK_OVERLAP,
+                min_frames: int = MIN_CHUNK_FRAMES) -> list[tuple[int, int, int]]:
+    """How frames [start, end) split over at most ``parts`` workers: (read_from, keep_from,
+    end) per chunk, in order; a chunk runs Holistic over [read_from, end) and keeps
+    [keep_from, end); the kept ranges tile [start, end) exactly. Chunks are about equal and
+    at least ``min_frames`` long (fewer chunks for a short video: one = the serial run).
+
+    >>> chunk_spans(0, 300, 2, overlap=10, min_frames=100)
+    [(0, 0, 150), (140, 150, 300)]
+    """
+    n = end - start
+    parts = max(1, min(parts, n // max(min_frames, 1)))
+    cuts = [start + (n * k) // parts for k in range(parts + 1)]
+    return [(max(start, a - overlap) if k else a, a, b)
+            for k, (a, b) in enumerate(zip(cuts[:-1], cuts[1:]))]
+
+
+def extract_mediapipe_parallel(video_path: str | os.PathLike, start_frame: int = 0,
+                               end_frame: int | None = None, workers: int | None = None,
+                               overlap: int = CHUNK_OVERLAP,
+                               min_chunk: int = MIN_CHUNK_FRAMES, *, frames: int | None = None,
+                               start_method: str = "spawn", **kwargs
+                               ) -> tuple[np.ndarray, dict]:
+    """``extract_mediapipe`` over frames [start_frame, end_frame) of one (long) video on
+    ``workers`` processes (default: every core): :func:`chunk_spans` cuts the range, each
+    chunk runs in a worker of the keypoint engine's pool (``_map_clips``: workers die with
+    this process, their MediaPipe noise is filtered from stderr), the kept frames are put
+    back in frame order. Same result format as ``extract_mediapipe`` (kp float32 [T, 68, 3],
+    info; ``frames_with_*`` counted on the kept frames, plus ``chunks``); frames near a
+    chunk's start can differ slightly from the serial run's (the tracker restarted
+    ``overlap`` frames before). ``frames``: the range's frame count when known (else the
+    video is probed); one chunk (short video, ``workers`` <= 1) runs here, serially.
+    Raises the first chunk's error (a video that fails, fails whole)."""
+    from .video import probe_video
+
+    start = int(start_frame or 0)
+    if frames is None:
+        total = probe_video(video_path).frames
+        frames = (total if end_frame is None else min(int(end_frame), total)) - start
+    end = start + max(int(frames), 0)
+    workers = (os.cpu_count() or 1) if workers is None else int(workers)
+    spans = chunk_spans(start, end, workers, overlap, min_chunk) if end > start else []
+    if len(spans) <= 1:
+        kp, info = extract_mediapipe(video_path, start_frame=start, end_frame=end, **kwargs)
+        return kp, {**info, "chunks": 1}
+    rows = [dict(clip_id=str(k), video=os.fspath(video_path), start_frame=r, end_frame=b)
+            for k, (r, _, b) in enumerate(spans)]
+    fn = partial(extract_mediapipe_clip, **kwargs)
+    parts: dict[int, tuple[np.ndarray, dict]] = {}
+    with closing(_map_clips(rows, fn, len(rows), start_method)) as results:
+        for clip, result, err in results:
+            if err is not None:
+                raise err if isinstance(err, BaseException) else VideoError(
+                    f"{video_path}: keypoint detection failed on frames "
+                    f"[{clip['start_frame']}, {clip['end_frame']}): {err}")
+            parts[int(clip["clip_id"])] = result
+    kps = []
+    for k, (read_from, keep_from, _) in enumerate(spans):
+        kps.append(np.asarray(parts[k][0], np.float32)[keep_from - read_from:])
+    kp = np.concatenate(kps)
+    info = dict(parts[0][1])
+    seen = kp[..., 2] > 0
+    info.update(frames=len(kp), chunks=len(spans),
+                frames_with_pose=int(seen[:, :25].any(1).sum()),
+                frames_with_left_hand=int(seen[:, LEFT_HAND:LEFT_HAND + 21].any(1).sum()),
+                frames_with_right_hand=int(seen[:, RIGHT_HAND:RIGHT_HAND + 21].any(1).sum()))
+    return kp, info
+
+
 DIGEST_BLOCK = 1 << 20  # bytes read from each of the start, middle and end of a video
 
 

@@ -365,7 +365,7 @@ class CmplParams(_Block):
     max_per_class: Optional[int] = Field(None, ge=1)
     class_fraction: Optional[float] = Field(0.5, gt=0)
     weights: Optional[dict[str, float]] = None
-    finetune: bool = False
+    finetune: bool = True
     finetune_epochs: int = Field(10, ge=1)
     finetune_lr: float = Field(0.1, gt=0)
 

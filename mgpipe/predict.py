@@ -17,6 +17,8 @@ the bundle's weights (:func:`mgpipe.fusion.fuse_with_fallback`), as the fuse sta
 
 A clip is a video (or keypoint file) and a frame range [start_frame, end_frame): a window
 of a long video is just another clip. Clips of one video are cut in one decoding pass.
+With ``--window``/``--stride`` each input is an untrimmed video made into a timeline of
+detected micro-gestures (:mod:`mgpipe.predict_timeline`, :mod:`mgpipe.timeline`).
 """
 from __future__ import annotations
 
@@ -554,6 +556,7 @@ examples:
   mgpipe predict new/clip1.mp4 new/clip2.mp4 --out predictions
   mgpipe predict new_clips/ --out predictions --models models/predict
   mgpipe predict clips.csv --out predictions        # video and/or keypoints columns
+  mgpipe predict interview.mp4 --out timeline --window --stride 0.4   # untrimmed video
 
 INPUT: video files, keypoint files (.npy, .npz, .json, .txt), folders (every video in
 them, recursively; clip = the path without the suffix) or CSV files as the csv dataset
@@ -575,8 +578,18 @@ writes, in --out:
                    batch's model time is shared evenly among its clips)
   skipped.csv      clip, reason: clips that could not be predicted (unreadable video, no
                    person found, a bad keypoints file, ...)
+  with --render:
+  <clip>.mp4       the clip with its keypoints and bones (face yellow, body blue, left hand
+                   green, right hand magenta), the crop box (white) and the top-3 labels
+  render.csv       clip, file, frames, width, height, fps, seconds, ms_per_frame, problem
 
-exit status: 0 every clip predicted, 1 some skipped, 2 a usage or models-folder error.
+with --window/--stride (untrimmed video), also: timeline.csv (clip, label, start_s,
+end_s, start_frame, end_frame, score), windows.csv (every window's fused probabilities),
+timeline.png (timeline_<clip>.png with several inputs), timeline_eval.json (with --truth);
+with --render the whole video with the timeline strip under it.
+
+exit status: 0 every clip predicted (and rendered), 1 some skipped (or not rendered), 2 a
+usage or models-folder error.
 """
 
 
@@ -602,6 +615,35 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=16, metavar="N",
                     help="clips per model batch (default: %(default)s)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--render", action="store_true",
+                    help="also write DIR/<clip>.mp4: keypoints, bones, crop box and the "
+                         "predicted labels drawn on the clip (mgpipe.overlay); with "
+                         "--window, the timeline under each long video")
+    g = ap.add_argument_group(
+        "untrimmed video (a timeline of detected micro-gestures; on with --window or --stride)")
+    g.add_argument("--window", nargs="?", const="auto", default=None, metavar="SECONDS",
+                   help="slide windows of this length over each input (alone: the training "
+                        "clips' median length from the models folder, else 2 s)")
+    g.add_argument("--stride", type=float, default=None, metavar="SECONDS",
+                   help="step between windows (default: a quarter of the window)")
+    g.add_argument("--threshold", type=float, default=0.5, metavar="P",
+                   help="a frame is background when its top fused probability is below P "
+                        "(default: %(default)s)")
+    g.add_argument("--background", action="append", default=None, metavar="CLASS",
+                   help="a class that means no micro-gesture (repeatable; default: the class "
+                        "named idle, if any; 'none': no such class)")
+    g.add_argument("--merge-gap", type=float, default=None, metavar="SECONDS",
+                   help="join detections of one class this close (default: half a window)")
+    g.add_argument("--min-length", type=float, default=None, metavar="SECONDS",
+                   help="drop shorter detections (default: a quarter of a window)")
+    g.add_argument("--truth", default=None, metavar="CSV",
+                   help="ground-truth segments (clip, label, start_frame, end_frame exclusive): "
+                        "drawn in the picture and scored (timeline_eval.json)")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes for MediaPipe on a long video, each on a chunk of it "
+                        "(default: every core; 1: one process)")
+    g.add_argument("--fps", type=float, default=25.0,
+                   help="frame rate of keypoint files without video (default: %(default)s)")
     return ap
 
 
@@ -628,6 +670,20 @@ def run(args) -> int:
     if args.batch_size < 1:
         print("mgpipe predict: error: --batch-size must be >= 1", file=sys.stderr)
         return 2
+    timeline = args.window is not None or args.stride is not None
+    if timeline:
+        try:
+            args.window = None if args.window in (None, "auto") else float(args.window)
+        except ValueError:
+            print(f"mgpipe predict: error: --window takes seconds, got {args.window!r}",
+                  file=sys.stderr)
+            return 2
+        if args.workers is not None and args.workers < 1:
+            print("mgpipe predict: error: --workers must be >= 1", file=sys.stderr)
+            return 2
+        if args.fps <= 0:
+            print("mgpipe predict: error: --fps must be > 0", file=sys.stderr)
+            return 2
     device = torch.device("cuda" if args.device == "cuda" or (
         args.device == "auto" and torch.cuda.is_available()) else "cpu")
     try:
@@ -645,6 +701,10 @@ def run(args) -> int:
               "(keypoints.backend: provided); clips without a keypoints file get MediaPipe "
               "Holistic's, which may differ from what the models saw", file=sys.stderr)
     out = Path(args.out)
+    if timeline:
+        from mgpipe.predict_timeline import run_timeline
+
+        return run_timeline(args, bundle, branches, pre, clips, device, out)
     out.mkdir(parents=True, exist_ok=True)
     done: list[Prepared] = []
     fused_rows, branch_rows = [], {b: [] for b in branches}
@@ -687,13 +747,25 @@ def run(args) -> int:
     _write(out, "predictions.csv", top_k_table([it.clip for it in done], probs, classes))
     _write(out, "timing.csv", timing_table(done))
     _write(out, "skipped.csv", pd.DataFrame(skipped, columns=["clip", "reason"]))
+    unrendered = 0
+    if getattr(args, "render", False):
+        from mgpipe.overlay import render_predictions
+        rendered = render_predictions(
+            out, done, probs["fused"], classes, float(bundle["params"]["rgb"].get("margin", 0.3)),
+            not args.no_progress, lambda m: tqdm.write(f"mgpipe predict: {m}", file=sys.stderr))
+        _write(out, "render.csv", rendered)
+        unrendered = int((rendered.problem != "").sum())
+        ok = rendered[rendered.problem == ""]
+        print(f"mgpipe predict: rendered {len(ok)} clips ({int(ok.frames.sum()) if len(ok) else 0}"
+              f" frames, {ok.seconds.sum() / max(ok.frames.sum(), 1) * 1000 if len(ok) else 0:.1f}"
+              f" ms a frame){f', {unrendered} failed (see render.csv)' if unrendered else ''}")
     t = timing_table(done)
     mean = ", ".join(f"{k} {t[f'{k}_s'].mean():.3f}" for k in PARTS) if len(t) else "-"
     print(f"mgpipe predict: {len(done)} clips predicted, {len(skipped)} skipped"
           f"{' (see skipped.csv)' if skipped else ''}; mean seconds per clip: {mean} "
           f"(device {device.type}); wrote {out / 'predictions.csv'}, {out / 'timing.csv'}, "
           f"{out / 'skipped.csv'}")
-    return 1 if skipped else 0
+    return 1 if skipped or unrendered else 0
 
 
 def main(argv: Iterable[str] | None = None) -> int:

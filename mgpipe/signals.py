@@ -176,12 +176,31 @@ def worker_pool(workers: int, mp_context=None) -> Iterator[ProcessPoolExecutor]:
     ex.shutdown(wait=True)
 
 
+def die_with_dvc() -> bool:
+    """A stage run by DVC (``DVC_STAGE`` set) gets SIGTERM when DVC dies, so it ends cleanly
+    (``Interrupted``) instead of running on under pid 1: ``kill <dvc pid>`` (or an out-of-
+    memory kill of DVC) would otherwise leave the stage training unseen, racing the rerun
+    for the same work folder. Only under DVC: a stage started by hand from a shell (``nohup
+    python stages/train.py &``) must survive that shell. DVC starts the command from its main
+    thread with ``$SHELL -c``, which execs it, so the parent is DVC itself. True when set."""
+    if "DVC_STAGE" not in os.environ:
+        return False
+    parent = os.getppid()
+    if parent == 1 or not _set_pdeathsig(signal.SIGTERM):
+        return False
+    if os.getppid() != parent:  # DVC died before the request: no signal will come
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
+
+
 def run_interruptible(stage: str, work: Callable[[], int], kept: str | Callable[[], str]) -> int:
     """``work()`` (a stage's main) with SIGTERM/SIGINT raising ``Interrupted``; on one, print
     "<stage>: interrupted by SIGTERM; <kept>" and return 128 + the signal number. ``kept``
-    says what survives for the rerun (a callable: worked out after the interruption)."""
+    says what survives for the rerun (a callable: worked out after the interruption). Under
+    DVC the stage also ends when DVC dies (``die_with_dvc``)."""
     try:
         with raise_on_signals():
+            die_with_dvc()
             return work()
     except Interrupted as e:
         print(f"{stage}: interrupted by {e.name}; {kept() if callable(kept) else kept}",

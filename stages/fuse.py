@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from mgpipe import report
-from mgpipe.bundle import write_bundle
+from mgpipe.bundle import clip_lengths, write_bundle
 from mgpipe.evaluate import clip_table, coverage, evaluate_rounds
 from mgpipe.io import read_manifest, read_skips, write_csv_atomic, write_json_atomic
 from mgpipe.metrics import predicted_classes
@@ -127,7 +127,9 @@ def main(argv=None) -> int:
                 "f1_before": prev["test"][b]["macro_f1"], "f1_after": res["test"][b]["macro_f1"]}
             for b in res["pseudo"]}})
     write_json_atomic(out / "cmpl.json", {"rounds": cmpl_rows})
-    write_bundle(args.bundle, classes, rounds, last["calibration"], last["gate"]["gated"], params)
+    train = manifest[manifest.split == "train"]
+    write_bundle(args.bundle, classes, rounds, last["calibration"], last["gate"]["gated"], params,
+                 clip_lengths(train.frames, train.fps))  # predict --window's default
     report.cmpl_rounds_png(cmpl_rows, out / "cmpl_rounds.png")
 
     probs = last["fused_test_probs"]

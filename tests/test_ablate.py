@@ -271,3 +271,15 @@ def test_a_small_grid_runs_as_dvc_experiments_and_resumes(tmp_path):
     again = _sh([sys.executable, "-m", "mgpipe", "ablate", "grid.yaml", "-j", "2"], project)
     assert "6 finished; 0 to run" in again
     assert (project / "metrics/abl.md").read_text() == table
+    # a change to stage code (here a comment) makes every experiment stale: `--collect` has
+    # nothing current; `--collect --any-code` gives the same table, naming the older commit
+    with open(project / "mgpipe/signals.py", "a") as f:
+        f.write("# a change that leaves results alone\n")
+    _sh(["git", "commit", "-qam", "signals"], project)
+    stale = _sh([sys.executable, "-m", "mgpipe", "ablate", "grid.yaml", "--collect", "--dry-run"],
+                project)
+    assert "0 finished; 6 to run" in stale, stale
+    _sh([sys.executable, "-m", "mgpipe", "ablate", "grid.yaml", "--collect", "--any-code"], project)
+    collected = (project / "metrics/abl.md").read_text()
+    assert collected.startswith(table.rstrip("\n")) and "Run at older stage code" in collected
+    assert len(json.loads((project / "metrics/abl.json").read_text())["older_code"]) == 6

@@ -393,3 +393,49 @@ def test_sigterm_ends_a_training_stage_cleanly(tmp_path):
     assert "Traceback" not in err
     assert sorted(x.name for x in work.iterdir()) in (["best.pt", "last.pt"], ["last.pt"])
     assert not out.exists()  # the output appears only when the run finishes
+
+
+STAGE_UNDER_DVC = textwrap.dedent("""
+    import sys, time
+    from mgpipe.signals import run_interruptible
+
+    def work():
+        print("ready", flush=True)
+        time.sleep(600)
+        return 0
+
+    sys.exit(run_interruptible("toy", work, "kept what it had"))
+""")
+
+PARENT = textwrap.dedent("""
+    import os, subprocess, sys, time
+    env = dict(os.environ)
+    if sys.argv[2] == "dvc":
+        env["DVC_STAGE"] = "toy"  # what DVC sets for every stage command
+    child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], env=env,
+                             stdout=open(sys.argv[3], "w"), stderr=open(sys.argv[4], "w"))
+    print(child.pid, flush=True)
+    time.sleep(600)
+""")
+
+
+@pytest.mark.parametrize("under", ["dvc", "shell"])
+def test_a_stage_ends_when_dvc_dies(tmp_path, tree_reaper, under):
+    """`kill <dvc pid>` (or DVC killed for memory) must not leave the stage running under
+    pid 1, racing the rerun for its work folder: under DVC (DVC_STAGE set) the stage gets
+    SIGTERM and ends cleanly. Started from a shell, it outlives the shell (nohup)."""
+    out, err = tmp_path / "child.out", tmp_path / "child.err"
+    parent = _start(["-c", PARENT, STAGE_UNDER_DVC, under, str(out), str(err)], tmp_path)
+    tree_reaper.append(psutil.Process(parent.pid))
+    pid = int(_wait_for("the child's pid", lambda: _stdout(parent).strip(), parent))
+    child = psutil.Process(pid)
+    tree_reaper.append(child)
+    _wait_for("the stage to start", lambda: "ready" in out.read_text(), parent)
+    parent.kill()
+    parent.wait(timeout=WAIT)
+    if under == "dvc":
+        assert not _wait_gone([child], WAIT), "the stage outlived DVC"
+        assert "toy: interrupted by SIGTERM; kept what it had" in err.read_text()
+    else:
+        time.sleep(1.0)
+        assert _alive([child]), "a stage started by hand died with its shell"
