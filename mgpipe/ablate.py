@@ -663,8 +663,12 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(out.with_suffix(".json"), doc)
     table = markdown_table(summary, branches)
     if older:
-        table += ("\nRun at older stage code (`--any-code`; base commit): "
-                  + ", ".join(f"{n} ({c})" for n, c in sorted(older.items())) + "\n")
+        commits: dict[str, int] = {}
+        for c in older.values():
+            commits[c] = commits.get(c, 0) + 1
+        table += ("\nRun at older stage code (`--any-code`): "
+                  + "; ".join(f"{k} experiments at commit {c}" for c, k in sorted(commits.items()))
+                  + " (each experiment's in the json's `older_code`)\n")
     tmp = out.with_name(f".{out.name}.md.tmp")
     tmp.write_text(f"<!-- written by `mgpipe ablate {args.grid}`; macro-F1 on the test subjects, "
                    f"mean +- sd over seeds; vs reference: difference of means, 95% paired "
