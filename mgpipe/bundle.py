@@ -60,26 +60,18 @@ def sha256(path: str | os.PathLike) -> str:
 
 def clip_lengths(frames, fps) -> dict | None:
     """The ``clips`` entry of bundle.json from the training clips' frame counts and fps
-    (sequences of numbers): median frames, median fps, median seconds (3 decimals); None
-    when there is no usable clip."""
-    def number(x) -> float:
-        try:
-            return float(x)
-        except (TypeError, ValueError):  # an empty cell (no video)
-            return float("nan")
+    (sequences of numbers; empty cells, clips without video, are left out): median frames,
+    median fps, median seconds (3 decimals); None when there is no usable clip."""
+    import pandas as pd
 
-    pairs = [(n, f) for n, f in ((number(a), number(b)) for a, b in zip(frames, fps))
-             if n > 0 and f > 0]
-    if not pairs:
+    n = pd.to_numeric(pd.Series(list(frames), dtype=object), errors="coerce")
+    f = pd.to_numeric(pd.Series(list(fps), dtype=object), errors="coerce")
+    ok = (n > 0) & (f > 0)
+    if not ok.any():
         return None
-
-    def median(values):
-        v = sorted(values)
-        m = len(v) // 2
-        return v[m] if len(v) % 2 else (v[m - 1] + v[m]) / 2
-
-    return {"frames": median(n for n, _ in pairs), "fps": median(f for _, f in pairs),
-            "seconds": round(median(n / f for n, f in pairs), 3)}
+    n, f = n[ok], f[ok]
+    return {"frames": float(n.median()), "fps": float(f.median()),
+            "seconds": round(float((n / f).median()), 3)}
 
 
 def bundle_document(classes: list[str], rounds: dict, calibration: dict, gated: dict,

@@ -43,6 +43,7 @@ import cv2
 import numpy as np
 
 from mgpipe import layout
+from mgpipe.video import AtomicVideoWriter, VideoError, probe_video
 
 # ---- colours and parts -----------------------------------------------------------------------
 
@@ -395,63 +396,9 @@ def output_geometry(width: int, height: int, min_size: int = 480, max_size: int 
     return s, w, h
 
 
-class RenderError(RuntimeError):
-    """A render that could not be written; the message says why."""
-
-
-FOURCC = "mp4v"
-
-
-class AtomicVideoWriter:
-    """``cv2.VideoWriter`` (``mp4v`` in an .mp4) on a temporary file beside ``path``; on
-    ``close()`` the file's frame count (its header, no decoding) is checked against the
-    frames written and it is renamed onto ``path``; ``abort()`` (or an exception inside a
-    ``with`` block) removes it. Frames: uint8 BGR [h, w, 3] of the size given."""
-
-    def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int]):
-        self.path = Path(path)
-        self.size = (int(size[0]), int(size[1]))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # the container comes from the suffix, so the temporary name ends in .mp4 too
-        self.tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.partial.mp4")
-        self.count = 0
-        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*FOURCC),
-                                      float(fps) if fps and fps > 0 else 25.0, self.size)
-        if not self.writer.isOpened():
-            self.abort()
-            raise RenderError(f"OpenCV cannot write {FOURCC} video to {self.tmp.parent} "
-                              f"(no FFmpeg in this OpenCV build, or the folder is not writable)")
-
-    def write(self, frame: np.ndarray) -> None:
-        if frame.shape[:2] != (self.size[1], self.size[0]) or frame.dtype != np.uint8:
-            raise RenderError(f"frame {self.count} is {frame.shape} {frame.dtype}, the video "
-                              f"is {self.size[0]}x{self.size[1]} uint8")
-        self.writer.write(np.ascontiguousarray(frame))
-        self.count += 1
-
-    def close(self) -> Path:
-        self.writer.release()
-        cap = cv2.VideoCapture(str(self.tmp))
-        try:
-            got = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else -1
-        finally:
-            cap.release()
-        if got != self.count:
-            self.abort()
-            raise RenderError(f"the written video holds {got} frames, {self.count} were drawn")
-        os.replace(self.tmp, self.path)
-        return self.path
-
-    def abort(self) -> None:
-        self.writer.release()
-        self.tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> "AtomicVideoWriter":
-        return self
-
-    def __exit__(self, kind, value, tb) -> None:
-        if kind is not None:
-            self.abort()
+# A render that could not be written (the message says why): the video module's error, which
+# its writer (AtomicVideoWriter) raises too.
+RenderError = VideoError
 
 
 def video_frames(video: str | os.PathLike, start_frame: int = 0, frames: int | None = None
@@ -521,7 +468,7 @@ def render_clip(path: str | os.PathLike, kp: np.ndarray | None,
         strip covers the rendered frames and its cursor follows.
     frame_top: for an untrimmed video, frame i (of the rendered ones) -> its own ``top``
         (the window-averaged prediction there), shown instead of ``top``.
-    Memory stays at one frame whatever the length. Raises RenderError / VideoError /
+    Memory stays at one frame whatever the length. Raises RenderError (= VideoError) /
     OSError; nothing is left at ``path`` then."""
     t0 = time.perf_counter()
     kp = None if kp is None else np.asarray(kp, np.float32)
@@ -561,7 +508,7 @@ def render_clip(path: str | os.PathLike, kp: np.ndarray | None,
     th = timeline_height(unit) if segs is not None else 0
     canvas = np.empty((bh + vh + th, vw, 3), np.uint8)
     colour_index = _label_index(top[0][0], classes) if top and classes else None
-    n_total = total if total is not None else max(_count_hint(video) - start, 1)
+    n_total = total if total is not None else max(probe_video(video).frames - start, 1)
     banners: dict = {}
     strip = None
     with AtomicVideoWriter(path, fps, (vw, bh + vh + th)) as out:
@@ -607,16 +554,6 @@ def render_clip(path: str | os.PathLike, kp: np.ndarray | None,
 def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
     yield first
     yield from rest
-
-
-def _count_hint(video) -> int:
-    """The video's frame count as its header gives it (0 when it gives none): for "frame
-    i/n" and the timeline's span when a clip runs to the video's end."""
-    cap = cv2.VideoCapture(str(video))
-    try:
-        return max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0) if cap.isOpened() else 0
-    finally:
-        cap.release()
 
 
 # ---- mgpipe predict --render -----------------------------------------------------------------

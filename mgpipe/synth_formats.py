@@ -45,6 +45,7 @@ from . import layout as L
 from .io import atomic_path, write_csv_atomic, write_json_atomic, write_text_atomic
 from .synth_figures import Subject, class_names
 from .synth_render import Clip, render_idle
+from .video import AtomicVideoWriter
 
 if TYPE_CHECKING:
     from .synth import SynthConfig
@@ -63,13 +64,10 @@ RenderClip = Callable[["SynthConfig", Subject, int, int], Clip]
 def write_video(path: Path, frames: np.ndarray, fps: float) -> None:
     """Write uint8 BGR frames [T, H, W, 3] as an mp4v mp4, atomically."""
     h, w = frames.shape[1:3]
-    with atomic_path(path, suffix=".mp4") as tmp:
-        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))
-        if not writer.isOpened():
-            raise RuntimeError(f"OpenCV cannot write mp4v video to {tmp}")
+    with AtomicVideoWriter(path, fps, (w, h)) as out:
         for f in frames:
-            writer.write(f)
-        writer.release()
+            out.write(f)
+        out.close()
 
 
 def read_video(path: Path) -> np.ndarray:
@@ -217,42 +215,41 @@ def write_xlsx(path: Path, header: list[str], values: np.ndarray, decimals: int 
                 fh.write(b"</sheetData></worksheet>")
 
 
-class _VideoStream:
-    """An mp4v video written frame block by frame block, renamed into place on close (a
-    long interview does not fit in memory at once)."""
-
-    def __init__(self, path: Path, fps: float, width: int, height: int):
-        self._atomic = atomic_path(path, suffix=".mp4")
-        tmp = self._atomic.__enter__()
-        self._writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps),
-                                       (width, height))
-        if not self._writer.isOpened():
-            self._atomic.__exit__(None, None, None)
-            raise RuntimeError(f"OpenCV cannot write mp4v video to {tmp}")
-        self.frames = 0
-
-    def write(self, frames: np.ndarray) -> None:
-        for f in frames:
-            self._writer.write(f)
-        self.frames += len(frames)
-
-    def close(self, ok: bool = True) -> None:
-        self._writer.release()
-        if ok:
-            self._atomic.__exit__(None, None, None)
-        else:
-            try:
-                raise RuntimeError("interrupted")
-            except RuntimeError as e:   # leave no temporary file behind
-                self._atomic.__exit__(type(e), e, e.__traceback__)
-
-
 def idle_gaps(cfg: SynthConfig, video: int, clips: int) -> np.ndarray:
     """Lengths (frames) of the ``clips + 1`` idle stretches of video ``video``: before each
     clip and after the last, each uniform in [idle_frames / 2, 3 idle_frames / 2]."""
     rng = np.random.default_rng([cfg.seed, GAP_STREAM, video])
     lo, hi = cfg.idle_frames // 2, cfg.idle_frames + cfg.idle_frames // 2
     return rng.integers(lo, hi + 1, clips + 1)
+
+
+def render_long_video(cfg: SynthConfig, sub, rows: pd.DataFrame, video: int,
+                      render_clip: RenderClip, path: Path, on_clip=None) -> np.ndarray:
+    """Subject ``sub``'s long video (number ``video`` of the set) written to ``path``: its
+    clips (``rows`` of ``mgpipe.synth.plan``, in order) between idle stretches
+    (``idle_gaps``), streamed. ``on_clip(row, clip, first_frame)`` is called for each clip
+    before it is written. Returns the video's keypoints, float32 [T, 68, 3]."""
+    gaps = idle_gaps(cfg, video, len(rows))
+    kps = []
+    with AtomicVideoWriter(path, cfg.fps, (cfg.width, cfg.height)) as out:
+        def write(frames: np.ndarray, keypoints: np.ndarray) -> None:
+            for f in frames:
+                out.write(f)
+            kps.append(keypoints)
+
+        for n, row in enumerate(rows.itertuples()):
+            if gaps[n]:
+                idle = render_idle(cfg, sub, int(gaps[n]), (video, n))
+                write(idle.frames, idle.keypoints)
+            clip = render_clip(cfg, sub, row.label, row.index)
+            if on_clip is not None:
+                on_clip(row, clip, out.count)
+            write(clip.frames, clip.keypoints)
+        if gaps[-1]:
+            idle = render_idle(cfg, sub, int(gaps[-1]), (video, len(rows)))
+            write(idle.frames, idle.keypoints)
+        out.close()
+    return np.concatenate(kps).astype(np.float32)
 
 
 def write_imigue(cfg: SynthConfig, out_dir: Path, table: pd.DataFrame, subjects: dict,
@@ -274,34 +271,19 @@ def write_imigue(cfg: SynthConfig, out_dir: Path, table: pd.DataFrame, subjects:
     bar = tqdm(total=len(table), desc="synth clips (imigue layout)", disable=not progress,
                unit="clip")
     for v, (sid, rows) in enumerate(table.groupby("subject", sort=True)):
-        sub = subjects[sid]
-        gaps = idle_gaps(cfg, v, len(rows))
         folder = out_dir / sid
-        video = _VideoStream(folder / f"{sid}.mp4", cfg.fps, cfg.width, cfg.height)
-        kps, labels = [], []
-        ok = False
-        try:
-            for n, row in enumerate(rows.itertuples()):
-                if gaps[n]:
-                    idle = render_idle(cfg, sub, int(gaps[n]), (v, n))
-                    video.write(idle.frames)
-                    kps.append(idle.keypoints)
-                clip = render_clip(cfg, sub, row.label, row.index)
-                labels.append((names[row.label], video.frames, video.frames + len(clip.frames) - 1))
-                if row.clip_id in picks:
-                    sheet_frames[row.clip_id] = clip.frames[(clip.onset + clip.offset) // 2]
-                video.write(clip.frames)
-                kps.append(clip.keypoints)
-                out_frac.append(_out_of_frame(clip, cfg))
-                bar.update()
-            if gaps[-1]:
-                idle = render_idle(cfg, sub, int(gaps[-1]), (v, len(rows)))
-                video.write(idle.frames)
-                kps.append(idle.keypoints)
-            ok = True
-        finally:
-            video.close(ok)
-        op = to_openpose137(np.concatenate(kps))
+        labels = []
+
+        def on_clip(row, clip, first: int) -> None:
+            labels.append((names[row.label], first, first + len(clip.frames) - 1))
+            if row.clip_id in picks:
+                sheet_frames[row.clip_id] = clip.frames[(clip.onset + clip.offset) // 2]
+            out_frac.append(_out_of_frame(clip, cfg))
+            bar.update()
+
+        kp = render_long_video(cfg, subjects[sid], rows, v, render_clip,
+                               folder / f"{sid}.mp4", on_clip)
+        op = to_openpose137(kp)
         write_xlsx(folder / f"{sid}_openpose.xlsx", OPENPOSE_COLUMNS, op.reshape(len(op), -1))
         write_csv_atomic(folder / f"{sid}_label.csv",
                          pd.DataFrame(labels, columns=IMIGUE_LABEL_COLUMNS))

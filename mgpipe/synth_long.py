@@ -18,13 +18,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .io import write_csv_atomic
 from .synth_figures import class_names, make_subject
-from .synth_formats import _save_npy, _VideoStream, idle_gaps
-from .synth_render import render_clip, render_idle
+from .synth_formats import _save_npy, render_long_video
+from .synth_render import render_clip
 
 
 def write_long_videos(cfg, out_dir: str | Path, subjects: list[str] | None = None,
@@ -48,27 +47,10 @@ def write_long_videos(cfg, out_dir: str | Path, subjects: list[str] | None = Non
         rows = table[table.subject == sid]
         split = rows.split.iloc[0]
         sub = make_subject(cfg, int(sid[1:]) - 1, shifted=split == "test")
-        gaps = idle_gaps(cfg, v, len(rows))
-        video = _VideoStream(out / f"{sid}.mp4", cfg.fps, cfg.width, cfg.height)
-        kps, ok = [], False
-        try:
-            for n, row in enumerate(rows.itertuples()):
-                if gaps[n]:
-                    idle = render_idle(cfg, sub, int(gaps[n]), (v, n))
-                    video.write(idle.frames)
-                    kps.append(idle.keypoints)
-                clip = render_clip(cfg, sub, row.label, row.index)
-                truth.append((sid, names[row.label], video.frames, video.frames + len(clip.frames)))
-                video.write(clip.frames)
-                kps.append(clip.keypoints)
-            if gaps[-1]:
-                idle = render_idle(cfg, sub, int(gaps[-1]), (v, len(rows)))
-                video.write(idle.frames)
-                kps.append(idle.keypoints)
-            ok = True
-        finally:
-            video.close(ok)
-        _save_npy(out / f"{sid}.npy", np.concatenate(kps).astype(np.float32))
+        kp = render_long_video(cfg, sub, rows, v, render_clip, out / f"{sid}.mp4",
+                               lambda row, clip, first: truth.append(
+                                   (sid, names[row.label], first, first + len(clip.frames))))
+        _save_npy(out / f"{sid}.npy", kp)
         videos.append((sid, f"{sid}.mp4", f"{sid}.npy", sid, split))
     truth_t = pd.DataFrame(truth, columns=["clip", "label", "start_frame", "end_frame"])
     write_csv_atomic(out / "videos.csv", pd.DataFrame(

@@ -6,6 +6,7 @@ conversion is 2-5x slower and not bit-identical to OpenCV's on every video (1280
 of a video's clips in one pass."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -282,3 +283,60 @@ def read_clips(path: str | Path, clips: Sequence[tuple[int, int | None, np.ndarr
             cap.release()
     for k in sorted(pending):   # the video ended before these clips' last frame
         yield finish(k)
+
+
+# ---- writing -----------------------------------------------------------------------------
+
+FOURCC = "mp4v"
+
+
+class AtomicVideoWriter:
+    """``cv2.VideoWriter`` (``mp4v`` in an .mp4) on a temporary file beside ``path``; on
+    ``close()`` the file's frame count (its header, no decoding) is checked against the
+    frames written and it is renamed onto ``path``; ``abort()`` (or an exception inside a
+    ``with`` block) removes it. Frames: uint8 BGR [h, w, 3] of the size given."""
+
+    def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int]):
+        self.path = Path(path)
+        self.size = (int(size[0]), int(size[1]))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # the container comes from the suffix, so the temporary name ends in .mp4 too
+        self.tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.partial.mp4")
+        self.count = 0
+        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*FOURCC),
+                                      float(fps) if fps and fps > 0 else 25.0, self.size)
+        if not self.writer.isOpened():
+            self.abort()
+            raise VideoError(f"OpenCV cannot write {FOURCC} video to {self.tmp.parent} "
+                              f"(no FFmpeg in this OpenCV build, or the folder is not writable)")
+
+    def write(self, frame: np.ndarray) -> None:
+        if frame.shape[:2] != (self.size[1], self.size[0]) or frame.dtype != np.uint8:
+            raise VideoError(f"frame {self.count} is {frame.shape} {frame.dtype}, the video "
+                              f"is {self.size[0]}x{self.size[1]} uint8")
+        self.writer.write(np.ascontiguousarray(frame))
+        self.count += 1
+
+    def close(self) -> Path:
+        self.writer.release()
+        cap = cv2.VideoCapture(str(self.tmp))
+        try:
+            got = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else -1
+        finally:
+            cap.release()
+        if got != self.count:
+            self.abort()
+            raise VideoError(f"the written video holds {got} frames, {self.count} were drawn")
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self.writer.release()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "AtomicVideoWriter":
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        if kind is not None:
+            self.abort()
