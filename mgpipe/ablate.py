@@ -121,8 +121,9 @@ def load_grid(path: str | Path) -> Grid:
 
 
 def apply_overrides(params: dict, set_: dict, remove: list) -> dict:
-    """``params`` with dotted keys set (missing mappings created) and removed, as
-    ``dvc exp run -S key=value -S '~key'`` does. Pure: returns a new dict."""
+    """``params`` with dotted keys removed and set (missing keys and mappings created; a
+    mapping set onto a mapping is merged into it), as ``dvc exp run -S '~key' -S
+    ++key=value`` does. Pure: returns a new dict."""
     out = json.loads(json.dumps(params))
     for key in remove:
         *parents, last = key.split(".")
@@ -138,18 +139,27 @@ def apply_overrides(params: dict, set_: dict, remove: list) -> dict:
             if not isinstance(node.get(p), dict):
                 node[p] = {}
             node = node[p]
-        node[last] = json.loads(json.dumps(value))
+        node[last] = _merged(node.get(last), json.loads(json.dumps(value)))
     return out
 
 
+def _merged(old, new):
+    """``new`` deep-merged into ``old`` where both are mappings (Hydra's merge), else ``new``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return {**old, **{k: _merged(old.get(k), v) for k, v in new.items()}}
+    return new
+
+
 def override_args(set_: dict, remove: list) -> list[str]:
-    """The ``-S`` values for these overrides (YAML flow values, as DVC parses them)."""
+    """The ``-S`` values for these overrides (YAML flow values, as DVC parses them). Keys are
+    set with Hydra's ``++`` (add or override): a profile adds keys params.yaml lacks (e.g.
+    ``branches.stcnn.augment``), which a plain ``key=value`` refuses."""
     args = [f"~{k}" for k in remove]
     for k, v in set_.items():
         text = yaml.safe_dump(v, default_flow_style=True, width=10**6).strip()
         if text.endswith("\n..."):
             text = text[:-4].strip()
-        args.append(f"{k}={text.removesuffix('...').strip()}")
+        args.append(f"++{k}={text.removesuffix('...').strip()}")
     return args
 
 

@@ -105,14 +105,31 @@ def test_overrides_as_dvc_applies_them():
     out = apply_overrides(params, {"a.c.d": 5, "a.x.y": "none", "e": [2, 3]}, ["a.b"])
     assert out == {"a": {"c": {"d": 5}, "x": {"y": "none"}}, "e": [2, 3]}
     assert params == {"a": {"b": 1, "c": {"d": 2}}, "e": [1]}  # not modified
+    # a mapping set onto a mapping merges into it (Hydra); onto anything else replaces it
+    assert apply_overrides(params, {"a.c": {"z": 1}, "e": {"f": 1}}, []) == \
+        {"a": {"b": 1, "c": {"d": 2, "z": 1}}, "e": {"f": 1}}
     args = override_args({"fuse.weights": {"stcnn": 2.0}, "loss.class_weight": "none",
                           "fuse.temperature": False, "loss.ose_weight": 0.0}, ["branches.swin3d"])
-    assert args == ["~branches.swin3d", "fuse.weights={stcnn: 2.0}", "loss.class_weight=none",
-                    "fuse.temperature=false", "loss.ose_weight=0.0"]
+    assert args == ["~branches.swin3d", "++fuse.weights={stcnn: 2.0}", "++loss.class_weight=none",
+                    "++fuse.temperature=false", "++loss.ose_weight=0.0"]
     for a in args[1:]:  # DVC parses each value as YAML: the same value comes back
-        k, v = a.split("=", 1)
+        k, v = a.removeprefix("++").split("=", 1)
         assert yaml.safe_load(v) == {"fuse.weights": {"stcnn": 2.0}, "loss.class_weight": "none",
                                      "fuse.temperature": False, "loss.ose_weight": 0.0}[k]
+
+
+@pytest.mark.parametrize("grid_file", ["ablations.yaml", "ablations-utd.yaml"])
+def test_shipped_grids_apply_with_dvcs_own_parser(tmp_path, grid_file):
+    """Every experiment of the shipped grids: DVC's own -S parser accepts its overrides on
+    params.yaml (a profile adds keys params.yaml lacks) and gives the params `plan` expects,
+    which is how finished experiments are recognised."""
+    from dvc.utils.hydra import apply_overrides as dvc_apply
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for p in plan(load_grid(ROOT / grid_file), params):
+        f = tmp_path / "params.yaml"
+        f.write_text((ROOT / "params.yaml").read_text())
+        dvc_apply(str(f), p.overrides)
+        assert yaml.safe_load(f.read_text()) == p.params, p.name
 
 
 def test_levels_order_and_prerequisites(tmp_path):
@@ -131,7 +148,7 @@ seeds: [0, 1]
 prefix: t
 """))
     planned = plan(g, {"train": {"seed": 0}})
-    assert planned[0].name == "t-base-s0" and planned[0].overrides == ["train.seed=0"]
+    assert planned[0].name == "t-base-s0" and planned[0].overrides == ["++train.seed=0"]
     assert planned[0].params == {"train": {"seed": 0}}
     # baseline first, then what retrains, then fuse-only (cheap), then cmpl-only settings
     assert [p.name for p in planned] == ["t-base-s0", "t-base-s1", "t-noose-s0", "t-noose-s1",
