@@ -632,6 +632,13 @@ def main(argv: list[str] | None = None) -> int:
         found = finished_experiments(repo, planned)
     wall = time.time() - started
     failed = sorted(n for n in statuses if n not in found)
+    moved = [n for n in failed if statuses[n] == "Success"]
+    if moved:  # finished, but HEAD's stage code changed while they ran
+        print(f"ablate: {', '.join(moved)} finished at stage code that is no longer HEAD's "
+              f"(a commit changed a stage or its code during the grid); `mgpipe ablate "
+              f"--collect --any-code` tables them, a plain call runs them again",
+              file=sys.stderr)
+        failed = [n for n in failed if n not in moved]
     for n in failed:
         log = stage_log(repo, n, env)
         print(f"ablate: {n} did not finish ({statuses[n]}); see `dvc queue logs {n}`. Its end:\n"
@@ -657,11 +664,17 @@ def main(argv: list[str] | None = None) -> int:
     first = next(iter(results.values()))[0]
     branches = [c for c in first.columns if c not in ("round", "clip_id", "label", "fused")]
     summary = summarise(grid, planned, results, _classes(results, branches))
-    runs = list(previous.get("runs", []))
+    # each call's record also goes to a journal git ignores: `dvc exp apply` restores the
+    # tables an experiment snapshot (with older `runs`) over these
+    journal = repo / ".dvc" / "tmp" / "ablate" / f"{grid.prefix}-runs.jsonl"
     if statuses:
-        runs.append({"started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
-                     "wall_seconds": round(wall, 1), "experiments": sorted(statuses),
-                     "jobs": jobs, "threads": threads, "cpus": os.cpu_count()})
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        with open(journal, "a") as f:
+            f.write(json.dumps({
+                "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+                "wall_seconds": round(wall, 1), "experiments": sorted(statuses),
+                "jobs": jobs, "threads": threads, "cpus": os.cpu_count()}) + "\n")
+    runs = merge_runs(previous.get("runs", []), journal)
     doc = {"grid": str(args.grid), "prefix": grid.prefix, "seeds": grid.seeds,
            "baseline": grid.baseline, "round": grid.round, "branches": branches,
            "settings": summary, "run_cache": run_cache_savings(logs), "runs": runs,
@@ -688,6 +701,20 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(f"ablate: wrote {out}.json, {out}.md, {out}.png")
     return 1 if failed else 0
+
+
+def merge_runs(previous: list[dict], journal: Path) -> list[dict]:
+    """The table's earlier ``runs`` records and the journal's, one per start time, in order
+    (a torn last line, from a call killed while writing it, is skipped)."""
+    runs = {r["started"]: r for r in previous}
+    if journal.is_file():
+        for line in journal.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            runs.setdefault(r["started"], r)
+    return [runs[k] for k in sorted(runs)]
 
 
 def run_cache_savings(logs: dict[str, dict]) -> dict:

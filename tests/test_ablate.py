@@ -192,6 +192,15 @@ def test_a_dead_queue_worker_does_not_hang_the_grid(monkeypatch):
     assert not any(c[:3] == ["dvc", "exp", "run"] for c in calls)  # waited for, not requeued
 
 
+def test_runs_merge_with_the_journal(tmp_path):
+    j = tmp_path / "runs.jsonl"
+    j.write_text(json.dumps({"started": "b", "n": 2}) + "\n" + json.dumps({"started": "a", "n": 9})
+                 + "\n" + '{"started": "c", "n"')  # torn last line: skipped
+    runs = ablate.merge_runs([{"started": "a", "n": 1}], j)
+    assert runs == [{"started": "a", "n": 1}, {"started": "b", "n": 2}]
+    assert ablate.merge_runs([], tmp_path / "none.jsonl") == []
+
+
 def test_markdown_table_rows():
     summary = {
         "base": {"overrides": [], "compare": "base", "seeds": [0, 1],
@@ -288,6 +297,12 @@ def test_a_small_grid_runs_as_dvc_experiments_and_resumes(tmp_path):
     again = _sh([sys.executable, "-m", "mgpipe", "ablate", "grid.yaml", "-j", "2"], project)
     assert "6 finished; 0 to run" in again
     assert (project / "metrics/abl.md").read_text() == table
+    # `dvc exp apply` restores an experiment's snapshot of the tables, with older `runs`: the
+    # journal (git-ignored) brings this grid's records back on the next call
+    assert len(doc["runs"]) == 1 and doc["runs"][0]["jobs"] == 2
+    (project / "metrics/abl.json").write_text(json.dumps({**doc, "runs": []}))
+    _sh([sys.executable, "-m", "mgpipe", "ablate", "grid.yaml", "--collect"], project)
+    assert json.loads((project / "metrics/abl.json").read_text())["runs"] == doc["runs"]
     # a change to stage code (here a comment) makes every experiment stale: `--collect` has
     # nothing current; `--collect --any-code` gives the same table, naming the older commit
     with open(project / "mgpipe/signals.py", "a") as f:
