@@ -481,6 +481,12 @@ def summarise(grid: Grid, planned: list[Planned], results: dict[str, tuple[pd.Da
     return out
 
 
+def p_text(p: float) -> str:
+    """'p=0.046'; 'p<0.001' when no resample (of the default 2000) crossed zero, since the
+    bootstrap cannot resolve a smaller p."""
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
 def markdown_table(summary: dict, branches: list[str]) -> str:
     """Mean +- sd of test macro-F1 over seeds per setting; the fused difference from the
     reference with its 95% bootstrap interval and p."""
@@ -493,9 +499,9 @@ def markdown_table(summary: dict, branches: list[str]) -> str:
         def ms(d):
             return f"{d['mean']:.3f} +- {d['sd']:.3f}" if d else "-"
         vs = e.get("vs_reference", {}).get("fused")
-        vs_text = (f"{vs['diff']:+.3f} [{vs['low']:+.3f}, {vs['high']:+.3f}] p={vs['p']:.3f} "
+        vs_text = (f"{vs['diff']:+.3f} [{vs['low']:+.3f}, {vs['high']:+.3f}] {p_text(vs['p'])} "
                    f"(vs {e['compare']})" if vs else ("reference" if name == e["compare"] else "-"))
-        changes = ", ".join(f"`{o}`" for o in e["overrides"]) or "(params.yaml)"
+        changes = ", ".join(f"`{o.removeprefix('++')}`" for o in e["overrides"]) or "(params.yaml)"
         lines.append("| " + " | ".join([name, changes, str(len(e["seeds"])), ms(f1.get("fused")), vs_text,
                                         *[ms(f1.get(b)) for b in branches],
                                         ms(e.get("val_fused_macro_f1"))]) + " |")

@@ -207,13 +207,14 @@ def test_markdown_table_rows():
                  "test_macro_f1": {"fused": {"mean": 0.5, "sd": 0.1, "values": [0.4, 0.6]},
                                    "a": {"mean": 0.4, "sd": 0.0, "values": [0.4, 0.4]}},
                  "val_fused_macro_f1": {"mean": 0.7, "sd": 0.0}},
-        "x": {"overrides": ["cmpl.rounds=0"], "compare": "base", "seeds": [0],
+        "x": {"overrides": ["++cmpl.rounds=0"], "compare": "base", "seeds": [0],
               "test_macro_f1": {"fused": {"mean": 0.6, "sd": 0.0, "values": [0.6]}},
               "vs_reference": {"fused": {"diff": 0.1, "low": -0.05, "high": 0.2, "p": 0.2}}},
     }
     text = markdown_table(summary, ["a"])
     assert "| base | (params.yaml) | 2 | 0.500 +- 0.100 | reference | 0.400 +- 0.000 | 0.700 +- 0.000 |" in text
     assert "| x | `cmpl.rounds=0` | 1 | 0.600 +- 0.000 | +0.100 [-0.050, +0.200] p=0.200 (vs base) | - | - |" in text
+    assert ablate.p_text(0.0) == "p<0.001" and ablate.p_text(0.0015) == "p=0.002"
 
 
 # ---- a real grid of DVC experiments ------------------------------------------------------------
