@@ -124,6 +124,8 @@ def apply_overrides(params: dict, set_: dict, remove: list) -> dict:
     """``params`` with dotted keys removed and set (missing keys and mappings created; a
     mapping set onto a mapping is merged into it), as ``dvc exp run -S '~key' -S
     ++key=value`` does. Pure: returns a new dict."""
+    from mgpipe.profiles import merge
+
     out = json.loads(json.dumps(params))
     for key in remove:
         *parents, last = key.split(".")
@@ -139,15 +141,8 @@ def apply_overrides(params: dict, set_: dict, remove: list) -> dict:
             if not isinstance(node.get(p), dict):
                 node[p] = {}
             node = node[p]
-        node[last] = _merged(node.get(last), json.loads(json.dumps(value)))
+        merge(node, {last: json.loads(json.dumps(value))})  # a mapping merges, as in Hydra
     return out
-
-
-def _merged(old, new):
-    """``new`` deep-merged into ``old`` where both are mappings (Hydra's merge), else ``new``."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return {**old, **{k: _merged(old.get(k), v) for k, v in new.items()}}
-    return new
 
 
 def override_args(set_: dict, remove: list) -> list[str]:
